@@ -20,6 +20,7 @@ Host API: ``paged_decode(...)`` below; the torch reference is
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -39,38 +40,40 @@ def fmt_code(name: str) -> int:
 
 
 @triton.jit
-def _load_tile(VALS, SCF, SCU, page, page_stride, vals_off, sc_off, tok, dim, tmask,
+def _load_tile(VALS, SCU, page, page_stride, vals_off, sc_off, slot, dim, tmask,
                h, H: tl.constexpr, D: tl.constexpr, FMT: tl.constexpr, INTERP: tl.constexpr):
-    """[T, D] fp32 tile of one K or V tensor of one head of one page: decoded values
-    times their in-page *block* scale (token-head fp32 scales are applied by the caller).
-    VALS is the pool viewed as the value type (fp16/bf16 -> 2-byte elements; else bytes).
+    """[TILE, D] fp32 tile of one K or V tensor of one head: row r is token slot[r] of
+    page[r] (a tile spans PAGES_PER_STEP pages). Decoded values times their in-page
+    *block* scale (token-head fp32 scales are applied by the caller). VALS is the pool
+    viewed as the value type (fp16/bf16 -> 2-byte elements; else bytes).
     """
-    vec = tok[:, None] * H + h  # (token, head) vector index
+    vec = slot[:, None] * H + h  # (token, head) vector index inside the page
+    base = page[:, None] * page_stride
     if FMT == 0:
-        x = tl.load(VALS + page * page_stride + vals_off + vec * D + dim[None, :],
+        x = tl.load(VALS + base + vals_off + vec * D + dim[None, :],
                     mask=tmask[:, None], other=0.0).to(tl.float32)
     elif FMT == 1:
         if INTERP:
-            bits = tl.load(VALS + page * page_stride + vals_off + vec * D + dim[None, :],
+            bits = tl.load(VALS + base + vals_off + vec * D + dim[None, :],
                            mask=tmask[:, None], other=0)
             x = bf16_bits_to_f32(bits)
         else:
-            x = tl.load(VALS + page * page_stride + vals_off + vec * D + dim[None, :],
+            x = tl.load(VALS + base + vals_off + vec * D + dim[None, :],
                         mask=tmask[:, None], other=0.0).to(tl.float32)
     elif FMT == 2 or FMT == 3:
-        code = tl.load(VALS + page * page_stride + vals_off + vec * D + dim[None, :],
+        code = tl.load(VALS + base + vals_off + vec * D + dim[None, :],
                        mask=tmask[:, None], other=0)
         x = e4m3_to_f32(code)
     else:
-        byte = tl.load(VALS + page * page_stride + vals_off + vec * (D // 2) + dim[None, :] // 2,
+        byte = tl.load(VALS + base + vals_off + vec * (D // 2) + dim[None, :] // 2,
                        mask=tmask[:, None], other=0).to(tl.int32)
         code = tl.where((dim[None, :] % 2) == 0, byte & 0xF, (byte >> 4) & 0xF)
         if FMT == 4:
-            sc = tl.load(SCU + page * page_stride + sc_off + vec * (D // 16) + dim[None, :] // 16,
+            sc = tl.load(SCU + base + sc_off + vec * (D // 16) + dim[None, :] // 16,
                          mask=tmask[:, None], other=0)
             x = dequant_e2m1(code) * e4m3_to_f32(sc)
         else:
-            sc = tl.load(SCU + page * page_stride + sc_off + vec * (D // 32) + dim[None, :] // 32,
+            sc = tl.load(SCU + base + sc_off + vec * (D // 32) + dim[None, :] // 32,
                          mask=tmask[:, None], other=127)
             x = dequant_e2m1(code) * e8m0_to_f32(sc)
     return tl.where(tmask[:, None], x, 0.0)
@@ -81,18 +84,23 @@ def _paged_decode_kernel(
     Q, K, V, SCF, SCU, BT, LENS, SIDE, PART_O, PART_ML,
     bt_stride, k_page_stride, v_page_stride, sc_page_stride_f, sc_page_stride_u,
     k_off, v_off, ksc_off_f, vsc_off_f, ksc_off_u, vsc_off_u,
-    side_k, side_v, sm_scale, blocks_per_split,
+    side_k, side_v, sm_scale, blocks_per_split, num_splits,
     T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
     FMT: tl.constexpr, HEAD_SIDE: tl.constexpr, HAS_SIDE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, INTERP: tl.constexpr,
+    PAGES_PER_STEP: tl.constexpr, INTERP: tl.constexpr,
 ):
+    """Program (b, h, split): query heads of KV head h of sequence b over the split's
+    pages, PAGES_PER_STEP pages (PAGES_PER_STEP x T tokens) per loop step; writes the
+    split's unnormalised output and (max, sum) to the partial buffers."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.program_id(2)
     seqlen = tl.load(LENS + b)
     g = tl.arange(0, GP)
     dim = tl.arange(0, D)
-    tok = tl.arange(0, T)
+    tok = tl.arange(0, PAGES_PER_STEP * T)
+    slot = tok % T
+    page_in_step = tok // T
     gmask = g < G
     q = tl.load(Q + (b * (H * G) + h * G + g)[:, None] * D + dim[None, :],
                 mask=gmask[:, None], other=0.0).to(tl.float32)
@@ -115,12 +123,14 @@ def _paged_decode_kernel(
     nblocks = tl.cdiv(seqlen, T)
     start = sp * blocks_per_split
     stop = tl.minimum(nblocks, start + blocks_per_split)
-    for blk in range(start, stop):
-        page = tl.load(BT + b * bt_stride + blk).to(tl.int64)
-        tmask = blk * T + tok < seqlen
-        k = _load_tile(K, SCF, SCU, page, k_page_stride, k_off, ksc_off_u, tok, dim, tmask,
+    for blk0 in range(start, stop, PAGES_PER_STEP):
+        blk = blk0 + page_in_step                      # [TILE] page index of each row
+        bmask = blk < stop
+        page = tl.load(BT + b * bt_stride + blk, mask=bmask, other=0).to(tl.int64)
+        tmask = bmask & (blk * T + slot < seqlen)      # blk0 < stop: >= 1 live row
+        k = _load_tile(K, SCU, page, k_page_stride, k_off, ksc_off_u, slot, dim, tmask,
                        h, H, D, FMT, INTERP)
-        v = _load_tile(V, SCF, SCU, page, v_page_stride, v_off, vsc_off_u, tok, dim, tmask,
+        v = _load_tile(V, SCU, page, v_page_stride, v_off, vsc_off_u, slot, dim, tmask,
                        h, H, D, FMT, INTERP)
         if INTERP:
             s = tl.dot(qd, tl.trans(k), input_precision="ieee")
@@ -130,7 +140,8 @@ def _paged_decode_kernel(
             s = tl.dot(qd, tl.trans(k.to(tl.bfloat16)))
         s = s * qk_scale
         if FMT == 3:
-            ks = tl.load(SCF + page * sc_page_stride_f + ksc_off_f + tok * H + h, mask=tmask, other=0.0)
+            ks = tl.load(SCF + page * sc_page_stride_f + ksc_off_f + slot * H + h,
+                         mask=tmask, other=0.0)
             s = s * ks[None, :]
         s = tl.where(tmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -138,7 +149,8 @@ def _paged_decode_kernel(
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if FMT == 3:
-            vs = tl.load(SCF + page * sc_page_stride_f + vsc_off_f + tok * H + h, mask=tmask, other=0.0)
+            vs = tl.load(SCF + page * sc_page_stride_f + vsc_off_f + slot * H + h,
+                         mask=tmask, other=0.0)
             pv = p * vs[None, :]
         else:
             pv = p
@@ -151,25 +163,25 @@ def _paged_decode_kernel(
         acc = acc * alpha[:, None] + o
         m_i = m_new
     acc = acc * v_side
-    row = (b * (H * G) + h * G + g) * NUM_SPLITS + sp
+    row = (b * (H * G) + h * G + g) * num_splits + sp
     tl.store(PART_O + row[:, None] * D + dim[None, :], acc, mask=gmask[:, None])
     tl.store(PART_ML + row * 2, m_i, mask=gmask)
     tl.store(PART_ML + row * 2 + 1, l_i, mask=gmask)
 
 
 @triton.jit
-def _merge_kernel(PART_O, PART_ML, OUT, D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                  SP: tl.constexpr):
-    """Combine split partials of one (sequence, query head): softmax-weighted sum."""
+def _merge_kernel(PART_O, PART_ML, OUT, num_splits, D: tl.constexpr, SP: tl.constexpr):
+    """Combine split partials of one (sequence, query head): softmax-weighted sum. A
+    split with no pages left (m = -inf) weighs nothing."""
     r = tl.program_id(0)
     s = tl.arange(0, SP)
-    smask = s < NUM_SPLITS
-    m = tl.load(PART_ML + (r * NUM_SPLITS + s) * 2, mask=smask, other=float("-inf"))
-    l = tl.load(PART_ML + (r * NUM_SPLITS + s) * 2 + 1, mask=smask, other=0.0)
+    smask = s < num_splits
+    m = tl.load(PART_ML + (r * num_splits + s) * 2, mask=smask, other=float("-inf"))
+    l = tl.load(PART_ML + (r * num_splits + s) * 2 + 1, mask=smask, other=0.0)
     mx = tl.max(m, 0)
     w = tl.where(smask & (m > float("-inf")), tl.exp(m - mx), 0.0)
     dim = tl.arange(0, D)
-    o = tl.load(PART_O + (r * NUM_SPLITS + s)[:, None] * D + dim[None, :],
+    o = tl.load(PART_O + (r * num_splits + s)[:, None] * D + dim[None, :],
                 mask=smask[:, None], other=0.0)
     num = tl.sum(o * w[:, None], 0)
     den = tl.sum(l * w, 0)
@@ -180,23 +192,76 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def choose_splits(batch: int, heads: int, max_blocks: int, device: torch.device) -> int:
-    """Split the context so that batch x heads x splits fills the GPU about twice."""
+@dataclass(frozen=True)
+class DecodeTile:
+    """How the decode kernel walks the KV: pages per loop step (a step's tile is
+    pages_per_step x tokens-per-page rows), warps per program and software-pipeline
+    stages. Larger tiles give each load more bytes in flight."""
+
+    pages_per_step: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def describe(self) -> dict[str, int]:
+        return {"pages_per_step": self.pages_per_step, "num_warps": self.num_warps,
+                "num_stages": self.num_stages}
+
+
+#: the default (one page per step, 4 warps, Triton's default 3 stages)
+DEFAULT_TILE = DecodeTile()
+#: the candidates a benchmark's autotune tries, and the set the sm_90 compile test
+#: compiles; tiles of more than MAX_TILE_TOKENS rows are dropped (registers spill)
+TILE_CHOICES = (DecodeTile(1, 4, 3), DecodeTile(2, 4, 2), DecodeTile(2, 4, 3),
+                DecodeTile(4, 4, 2), DecodeTile(4, 8, 2), DecodeTile(4, 8, 3))
+MAX_TILE_TOKENS = 64
+#: split counts are powers of two up to this, so the merge kernel (SP constexpr)
+#: compiles at most log2(MAX_SPLITS) + 1 variants; the split count itself is a
+#: runtime argument of the decode kernel
+MAX_SPLITS = 64
+
+
+def tile_choices(tokens: int) -> list[DecodeTile]:
+    """The autotune candidates for pages of ``tokens`` tokens: every choice whose tile
+    stays within MAX_TILE_TOKENS rows (one page per step always qualifies)."""
+    return [t for t in TILE_CHOICES
+            if t.pages_per_step == 1 or t.pages_per_step * tokens <= MAX_TILE_TOKENS]
+
+
+def choose_splits(batch: int, heads: int, max_blocks: int, device: torch.device,
+                  pages_per_step: int = 1) -> int:
+    """Split the context so that batch x heads x splits fills the GPU about twice; a
+    power of two <= MAX_SPLITS and no more than the context has page steps."""
+    steps = -(-max_blocks // pages_per_step)
     if device.type != "cuda":
-        return 1 if max_blocks < 4 else 2
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = max(1, -(-2 * sms // max(1, batch * heads)))
-    return int(max(1, min(want, max_blocks, 64)))
+        want = 1 if steps < 4 else 2
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        want = max(1, -(-2 * sms // max(1, batch * heads)))
+    want = min(want, steps, MAX_SPLITS)
+    return 1 << (max(1, want).bit_length() - 1)  # round down to a power of two
 
 
-def paged_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str, tokens: int,
-                 heads: int, head_dim: int, k_off: int, v_off: int, k_page_stride: int,
-                 v_page_stride: int, scales_f32=None, scales_u8=None, sc_page_stride_f: int = 0,
-                 sc_page_stride_u: int = 0, ksc_off_f: int = 0, vsc_off_f: int = 0,
-                 ksc_off_u: int = 0, vsc_off_u: int = 0, side=None, side_k: int = 0,
-                 side_v: int = 0, head_side: bool = False, sm_scale: float | None = None,
-                 num_splits: int | None = None, out=None, workspace=None):
-    """Decode attention for one layer.
+def check_shape(tokens: int, head_dim: int) -> None:
+    """The kernel's tl.arange needs power-of-two page and head sizes."""
+    if tokens < 16 or tokens & (tokens - 1):
+        raise ValueError(f"paged decode needs a power-of-two page of at least 16 tokens, not {tokens}")
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        raise ValueError(f"paged decode needs a power-of-two head_dim >= 16, not {head_dim}")
+
+
+def prepare_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str, tokens: int,
+                   heads: int, head_dim: int, k_off: int, v_off: int, k_page_stride: int,
+                   v_page_stride: int, scales_f32=None, scales_u8=None,
+                   sc_page_stride_f: int = 0, sc_page_stride_u: int = 0, ksc_off_f: int = 0,
+                   vsc_off_f: int = 0, ksc_off_u: int = 0, vsc_off_u: int = 0, side=None,
+                   side_k: int = 0, side_v: int = 0, head_side: bool = False,
+                   sm_scale: float | None = None, num_splits: int | None = None,
+                   tile: DecodeTile | None = None, out=None):
+    """Decode attention for one layer, prepared once: arguments, split count, the
+    partial-result workspace and the output are fixed here, and the returned callable
+    only launches the two kernels (no allocation, no argument building), so a timed
+    step holds device work and two launches per layer, and can be captured in a CUDA
+    graph. The callable returns ``out``: fp32 ``[B, H*G, D]``.
 
     q: ``[B, H*G, D]`` (fp16 for fp16 pages, bf16 or fp32 otherwise). k_vals / v_vals:
     the pool (or a K/V buffer) viewed as the value element type (fp16, int16 for bf16
@@ -205,35 +270,45 @@ def paged_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str, tokens: 
     in-page scales (token-head fp32 / block e4m3-e8m0 bytes), with their own offsets and
     strides. block_table: int32 ``[B, max_blocks]``; seq_lens: int32 ``[B]`` (>= 1).
     side: fp32 out-of-page scales (flat) with element offsets side_k / side_v of this
-    layer's K and V; head_side when there is one per KV head. Returns fp32 ``[B, H*G, D]``.
+    layer's K and V; head_side when there is one per KV head. tile: see DecodeTile.
     """
     B, HG, D = q.shape
     G = HG // heads
-    if tokens < 16 or tokens & (tokens - 1):
-        raise ValueError("paged decode needs a power-of-two page of at least 16 tokens")
+    check_shape(tokens, head_dim)
+    tile = tile or DEFAULT_TILE
+    pps = tile.pages_per_step
     max_blocks = block_table.shape[1]
-    splits = num_splits or choose_splits(B, heads, max_blocks, q.device)
+    splits = num_splits or choose_splits(B, heads, max_blocks, q.device, pps)
+    if splits < 1 or splits > MAX_SPLITS or splits & (splits - 1):
+        raise ValueError(f"num_splits must be a power of two in 1..{MAX_SPLITS}, not {splits}")
     per = -(-max_blocks // splits)
-    splits = -(-max_blocks // per)
+    per = -(-per // pps) * pps  # whole page steps per split
     dev = q.device
-    if workspace is None or workspace[0].numel() < B * HG * splits * D:
-        workspace = (torch.empty(B * HG * splits * D, device=dev, dtype=torch.float32),
-                     torch.empty(B * HG * splits * 2, device=dev, dtype=torch.float32))
-    part_o, part_ml = workspace
+    part_o = torch.empty(B * HG * splits * D, device=dev, dtype=torch.float32)
+    part_ml = torch.empty(B * HG * splits * 2, device=dev, dtype=torch.float32)
     out = out if out is not None else torch.empty(B, HG, D, device=dev, dtype=torch.float32)
-    dummy_f = scales_f32 if scales_f32 is not None else part_ml
-    dummy_u = scales_u8 if scales_u8 is not None else k_vals
-    side_t = side if side is not None else part_ml
-    interp = interpreting()
-    _paged_decode_kernel[(B, heads, splits)](
-        q, k_vals, v_vals, dummy_f, dummy_u, block_table, seq_lens, side_t, part_o, part_ml,
-        block_table.stride(0), k_page_stride, v_page_stride, sc_page_stride_f, sc_page_stride_u,
-        k_off, v_off, ksc_off_f, vsc_off_f, ksc_off_u, vsc_off_u,
-        side_k, side_v, float(sm_scale if sm_scale is not None else head_dim ** -0.5), per,
-        T=tokens, H=heads, D=head_dim, G=G, GP=max(16, triton.next_power_of_2(G)),
-        FMT=fmt_code(fmt), HEAD_SIDE=1 if head_side else 0, HAS_SIDE=side is not None,
-        NUM_SPLITS=splits, INTERP=interp, num_warps=4,
-    )
-    _merge_kernel[(B * HG,)](part_o, part_ml, out, D=head_dim, NUM_SPLITS=splits,
-                             SP=max(2, triton.next_power_of_2(splits)))
-    return out
+    args = (q, k_vals, v_vals, scales_f32 if scales_f32 is not None else part_ml,
+            scales_u8 if scales_u8 is not None else k_vals, block_table, seq_lens,
+            side if side is not None else part_ml, part_o, part_ml,
+            block_table.stride(0), k_page_stride, v_page_stride, sc_page_stride_f,
+            sc_page_stride_u, k_off, v_off, ksc_off_f, vsc_off_f, ksc_off_u, vsc_off_u,
+            side_k, side_v, float(sm_scale if sm_scale is not None else head_dim ** -0.5),
+            per, splits)
+    consts = dict(T=tokens, H=heads, D=head_dim, G=G, GP=max(16, triton.next_power_of_2(G)),
+                  FMT=fmt_code(fmt), HEAD_SIDE=1 if head_side else 0, HAS_SIDE=side is not None,
+                  PAGES_PER_STEP=pps, INTERP=interpreting(), num_warps=tile.num_warps,
+                  num_stages=tile.num_stages)
+    grid, merge_grid, sp = (B, heads, splits), (B * HG,), max(2, splits)
+
+    def launch():
+        _paged_decode_kernel[grid](*args, **consts)
+        _merge_kernel[merge_grid](part_o, part_ml, out, splits, D=head_dim, SP=sp)
+        return out
+    launch.splits = splits  # type: ignore[attr-defined]
+    return launch
+
+
+def paged_decode(q, k_vals, v_vals, block_table, seq_lens, **kw):
+    """Decode attention for one layer, prepared and launched at once (see
+    ``prepare_decode`` for the arguments). Returns fp32 ``[B, H*G, D]``."""
+    return prepare_decode(q, k_vals, v_vals, block_table, seq_lens, **kw)()

@@ -8,7 +8,7 @@ Shapes: q ``[B, Hq, D]`` (Hq = KV heads x group size), block_table int32 ``[B, P
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -100,16 +100,27 @@ def fused_args(pool: torch.Tensor, spec: PageSpec, layer: int,
     return a
 
 
+def prepare_fused(q: torch.Tensor, pool: torch.Tensor, block_table: torch.Tensor,
+                  seq_lens: torch.Tensor, spec: PageSpec, layer: int = 0,
+                  side: torch.Tensor | None = None, zero_copy: bool = False,
+                  **kw: Any) -> Callable[[], torch.Tensor]:
+    """One layer of decode attention with dequantization fused into the loads,
+    prepared once (views, offsets, workspace, output): the returned callable only
+    launches the kernels (see ``kvbench_kernels.paged_attention.prepare_decode``; kw:
+    ``tile``, ``num_splits``, ``out``)."""
+    from kvbench.kernels_loader import load_kernels
+
+    pa = load_kernels("paged_attention")
+    return pa.prepare_decode(q, block_table=block_table, seq_lens=seq_lens,
+                             **fused_args(pool, spec, layer, side, zero_copy), **kw)
+
+
 def decode_fused(q: torch.Tensor, pool: torch.Tensor, block_table: torch.Tensor,
                  seq_lens: torch.Tensor, spec: PageSpec, layer: int = 0,
                  side: torch.Tensor | None = None, zero_copy: bool = False,
                  **kw: Any) -> torch.Tensor:
     """One layer of decode attention, dequantization fused into the kernel's loads."""
-    from kvbench.kernels_loader import load_kernels
-
-    pa = load_kernels("paged_attention")
-    return pa.paged_decode(q, block_table=block_table, seq_lens=seq_lens,
-                           **fused_args(pool, spec, layer, side, zero_copy), **kw)
+    return prepare_fused(q, pool, block_table, seq_lens, spec, layer, side, zero_copy, **kw)()
 
 
 def decode_unfused(q: torch.Tensor, pool: torch.Tensor, block_table: torch.Tensor,

@@ -16,6 +16,21 @@ if not CUDA_OK:
 
 requires_cuda = pytest.mark.skipif(not CUDA_OK, reason=f"needs CUDA: {CUDA_WHY}")
 
+#: Where Triton kernels run in this session: compiled on CUDA when a device is present,
+#: Triton's interpreter on the CPU otherwise. Every kernel test builds its inputs here
+#: (compiled Triton refuses CPU pointers), so the same tests check both.
+KERNEL_DEVICE = "cuda" if CUDA_OK else "cpu"
+#: kernel vs fp32 reference (relative Frobenius error): the interpreter keeps fp32
+#: throughout (only summation order differs); compiled kernels round K/V products to
+#: bf16/fp16 on tensor cores, as FlashAttention does
+KERNEL_REL_TOL = 2e-2 if CUDA_OK else 1e-5
+
+
+@pytest.fixture
+def kernel_device() -> str:
+    """The device kernel tests build their inputs on (see KERNEL_DEVICE)."""
+    return KERNEL_DEVICE
+
 
 @pytest.fixture
 def nvme_dir(tmp_path):

@@ -22,9 +22,11 @@ from kvbench.formats import paged  # noqa: E402
 from kvbench.kernels_loader import load_kernels  # noqa: E402
 from kvbench.spec import FORMATS, PageSpec, get_format, model_from_dict  # noqa: E402
 
+from conftest import KERNEL_DEVICE  # noqa: E402
+
 Q = load_kernels("quant")
-CUDA = torch.cuda.is_available() and not Q.interpreting()
-DEV = "cuda" if CUDA else "cpu"
+CUDA = KERNEL_DEVICE == "cuda" and not Q.interpreting()
+DEV = KERNEL_DEVICE
 ALL = list(FORMATS)
 gpu_only = pytest.mark.skipif(not CUDA, reason="hardware fp8 converts need a CUDA device "
                               "(the interpreter's fp8 downcast rounds wrongly)")

@@ -156,7 +156,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
 def test_cli_tiny_run(tmp_path):
     out, nv = tmp_path / "p.json", tmp_path / "nvme"
     nv.mkdir()
-    r = subprocess.run([sys.executable, "-m", "kvbench", "run", "--bench", "prefix",
+    r = subprocess.run([sys.executable, "-m", "kvbench", "run", "--quick", "--bench", "prefix",
                         "--set", "prefix.tokens=64,128", "--samples", "1", "--warmup", "0",
                         "--no-progress", "--nvme-dir", str(nv), "-o", str(out)],
                        capture_output=True, text=True, timeout=120)

@@ -153,7 +153,7 @@ def roundtrip_result(tmp_path_factory):
     """A real (small) result: the roundtrip bench, run by the CLI."""
     d = tmp_path_factory.mktemp("rt")
     out = d / "rt.json"
-    r = subprocess.run([sys.executable, "-m", "kvbench", "run", "--bench", "roundtrip", "--no-progress",
+    r = subprocess.run([sys.executable, "-m", "kvbench", "run", "--quick", "--bench", "roundtrip", "--no-progress",
                         "--format", "fp16", "-o", str(out)], capture_output=True, text=True, cwd=d,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

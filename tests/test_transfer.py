@@ -24,13 +24,13 @@ MODEL = load_model("Llama-3.1-8B")
 
 
 @pytest.mark.parametrize("page_bytes,stride", [(4096, 4096), (1152, 1280), (100, 103)])
-def test_gather_kernel_matches_torch(page_bytes, stride):
+def test_gather_kernel_matches_torch(page_bytes, stride, kernel_device):
     gather = load_kernels("gather")
     g = torch.Generator().manual_seed(0)
-    src = torch.randint(0, 256, (9, stride), dtype=torch.uint8, generator=g)
-    dst = torch.zeros(7, stride, dtype=torch.uint8)
-    si = torch.tensor([8, 0, 3, 5])
-    di = torch.tensor([1, 6, 0, 2])
+    src = torch.randint(0, 256, (9, stride), dtype=torch.uint8, generator=g).to(kernel_device)
+    dst = torch.zeros(7, stride, dtype=torch.uint8, device=kernel_device)
+    si = torch.tensor([8, 0, 3, 5], device=kernel_device)
+    di = torch.tensor([1, 6, 0, 2], device=kernel_device)
     gather.page_copy(src, dst, si, di, page_bytes, block=64)
     expect = torch.zeros_like(dst)
     expect[di, :page_bytes] = src[si, :page_bytes]
@@ -102,7 +102,7 @@ def test_above_physical_limit_is_an_error():
 def test_quick_transfer_suite_end_to_end(tmp_path):
     out = tmp_path / "t.json"
     r = subprocess.run(
-        [sys.executable, "-m", "kvbench", "run", "--bench", "transfer", "--format", "fp16",
+        [sys.executable, "-m", "kvbench", "run", "--quick", "--bench", "transfer", "--format", "fp16",
          "--layout", "block", "--set", "transfer.file_bytes=4MiB", "--set", "transfer.threads=1,2",
          "--samples", "2", "--warmup", "0", "--no-progress", "-o", str(out),
          "--nvme-dir", str(tmp_path)],
@@ -142,7 +142,7 @@ def test_gpu_transfer_suite_small(tmp_path):
         pytest.skip(f"needs CUDA: {CUDA_WHY}")
     out = tmp_path / "t.json"
     r = subprocess.run(
-        [sys.executable, "-m", "kvbench", "run", "--bench", "transfer", "--format", "fp16",
+        [sys.executable, "-m", "kvbench", "run", "--quick", "--bench", "transfer", "--format", "fp16",
          "--set", "transfer.bytes=16MiB", "--set", "transfer.file_bytes=8MiB",
          "--set", "transfer.ceiling_bytes=64MiB", "--set", "transfer.threads=1,4",
          "--samples", "3", "--warmup", "1", "--no-progress", "-o", str(out), "--nvme-dir", str(tmp_path)],

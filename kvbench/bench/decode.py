@@ -27,7 +27,7 @@ as CPU reference numbers; hbm and GPU-only placements are skipped with the reaso
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from kvbench.bench import Benchmark, Case, RunContext, Skip, odirect_tier_or_skip
 from kvbench.results import make_case, skipped_case, summarize
@@ -113,9 +113,12 @@ class Cache:
 
         if ctx.model.attention_type == "mla":
             raise Skip("decode attention for MLA (absorbed latent) is not modelled")
-        t = ctx.tokens_per_page
-        if t < 16 or t & (t - 1):
-            raise Skip(f"the paged decode kernel needs a power-of-two page of >= 16 tokens, not {t}")
+        from kvbench.kernels_loader import load_kernels
+
+        try:
+            load_kernels("paged_attention").check_shape(ctx.tokens_per_page, ctx.model.head_dim)
+        except ValueError as exc:
+            raise Skip(f"{ctx.model.name}: {exc}") from None
         self.spec = PageSpec(ctx.model, get_format(fmt), ctx.tokens_per_page, "layer")
         self.B, self.C = batch, context
         self.P = -(-context // self.spec.tokens)
@@ -180,23 +183,92 @@ def ceiling_case(ctx: RunContext, what: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------- steps
-def _kernel_step(cache: Cache, pool, tables, zero_copy: bool = False, unfused: bool = False,
-                 layers_resident: int | None = None):
-    """A callable running one decode step (all layers) on the current stream."""
-    from kvbench.attention import decode_fused, decode_unfused
+def _layer_fn(cache: Cache, pool, table, unfused: bool, tile: Any, zero_copy: bool = False
+              ) -> Callable[[], Any]:
+    """One layer of decode attention over ``table``'s pages: prepared once when fused."""
+    from kvbench.attention import decode_unfused, prepare_fused
 
-    f = decode_unfused if unfused else decode_fused
+    if unfused:
+        return lambda: decode_unfused(cache.q, pool, table, cache.lens, cache.spec, 0,
+                                      cache.side, tile=tile)
+    return prepare_fused(cache.q, pool, table, cache.lens, cache.spec, 0, cache.side,
+                         zero_copy, tile=tile)
+
+
+def _kernel_step(cache: Cache, pool, tables, zero_copy: bool = False, unfused: bool = False,
+                 layers_resident: int | None = None, tile: Any = None):
+    """A callable running one decode step (all layers) on the current stream. Fused
+    layers are prepared once (arguments, workspace, output), so a step only launches
+    kernels; the unfused path allocates its bf16 copy per layer (in a CUDA graph, from
+    the graph's pool)."""
     nres = layers_resident or cache.L
     ws: dict[str, Any] = {}
+    launches = [_layer_fn(cache, pool, tables[i], unfused, tile, zero_copy) for i in range(nres)]
 
     def run():
-        out = None
         for layer in range(cache.L):
-            out = f(cache.q, pool, tables[layer % nres], cache.lens, cache.spec, 0,
-                    cache.side, **({"zero_copy": True} if zero_copy else {}))
-        ws["out"] = out
-        return out
+            ws["out"] = launches[layer % nres]()
+        return ws["out"]
     return run, ws
+
+
+def _tiles(ctx: RunContext) -> list[Any]:
+    """Autotune candidates: ``--set decode.tiles=PxWxS,...`` (pages per step x warps x
+    stages) or every choice the kernel offers for this page size."""
+    from kvbench.kernels_loader import load_kernels
+
+    pa = load_kernels("paged_attention")
+    if "decode.tiles" not in ctx.options:
+        return pa.tile_choices(ctx.tokens_per_page)
+
+    def tile(text: str):
+        p, w, st = (int(x) for x in text.split("x"))  # ValueError -> one line naming the option
+        return pa.DecodeTile(p, w, st)
+    return ctx.opt_list("decode.tiles", [], tile)
+
+
+def _autotune(ctx: RunContext, make_layer: Callable[[Any], Callable[[], Any]]
+              ) -> tuple[Any, dict[str, float]]:
+    """The fastest tile for one layer of this case (CUDA events, 3 samples of 4 layers
+    each behind a GPU sleep); returns it and every candidate's median seconds per layer."""
+    from kvbench.timing import time_cuda
+
+    timed: dict[str, float] = {}
+    best, best_s = None, float("inf")
+    for t in _tiles(ctx):
+        secs = time_cuda(make_layer(t), warmup=1, samples=3, inner=4, ahead=True)
+        med = summarize(secs)["median"] / 4
+        timed["x".join(map(str, t.describe().values()))] = med
+        if med < best_s:
+            best, best_s = t, med
+    return best, timed
+
+
+def _timed_step(ctx: RunContext, step: Callable[[], Any]) -> tuple[list[float], dict, list[str]]:
+    """One decode step timed as device work: replayed from a CUDA graph; and issued
+    eagerly from Python (prepared launches behind a GPU sleep) for the launch overhead.
+    Falls back to the eager figure, said in the notes, if capture fails."""
+    from kvbench.timing import ahead_note, capture_graph, time_cuda
+
+    info: dict[str, Any] = {}
+    eager = time_cuda(step, warmup=ctx.warmup, samples=ctx.samples, ahead=True, info=info)
+    extra = {"eager_step_s": summarize(eager)["median"], "host_enqueue_s": info["enqueue_s"]}
+    try:
+        graph = capture_graph(step)
+    except Exception as exc:  # noqa: BLE001 - any capture failure: report, time eagerly
+        return eager, extra, [f"CUDA graph capture failed ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); step_s is the "
+                              f"eager step: {ahead_note(info)}"]
+    secs = time_cuda(graph.replay, warmup=1, samples=ctx.samples)
+    graph = None
+    extra["launch_overhead_s"] = extra["eager_step_s"] - summarize(secs)["median"]
+    return secs, extra, [
+        "step_s: the step replayed from a CUDA graph (device work only); eager_step_s: the "
+        f"same launches issued from Python ({ahead_note(info)}); launch_overhead_s: "
+        "eager minus graph, difference of medians"]
+
+
+_STEP_UNITS = {"eager_step_s": "s", "host_enqueue_s": "s", "launch_overhead_s": "s"}
 
 
 def _verify(cache: Cache, out, pool, table) -> float:
@@ -222,7 +294,8 @@ def _finish(ctx: RunContext, name: str, cfg: dict, cache: Cache, secs: list[floa
                  "kv_read_gbps": [kvb / s / GB for s in secs]},
         units={"step_s": "s", "tok_s": "tokens/s", "kv_read_gbps": "GB/s",
                "roofline_gbps": "GB/s", "roofline_tok_s": "tokens/s", "pct_of_roofline": "%",
-               "kv_bytes_per_step": "B", "rel_err": "relative Frobenius error vs fp32 reference"},
+               "kv_bytes_per_step": "B", "rel_err": "relative Frobenius error vs fp32 reference",
+               "dequant_s": "s", "dequant_share": "fraction of step_s", **_STEP_UNITS},
         metrics={"kv_bytes_per_step": kvb, **(extra or {})}, notes=notes)
     # headline figures from the median step time, so tok_s x step_s = batch exactly
     med = case["metrics"]["step_s"]
@@ -238,7 +311,8 @@ def _finish(ctx: RunContext, name: str, cfg: dict, cache: Cache, secs: list[floa
 
 
 def _relate(ctx: RunContext, case: dict) -> None:
-    """Speed-up vs fp16 (same placement and shape) and unfused/fused ratio."""
+    """Speed-up vs fused fp16 (same placement and shape; fused and unfused cases alike)
+    and the unfused/fused time ratio."""
     cfg = case["config"]
     for c in ctx.done:
         if c["bench"] != BENCH_KEY or c["status"] != "ok" or c["config"].get("kind") != "decode":
@@ -247,7 +321,7 @@ def _relate(ctx: RunContext, case: dict) -> None:
         same = all(o.get(k) == cfg.get(k) for k in ("placement", "batch", "context", "device"))
         if not same:
             continue
-        if o["format"] == "fp16" and o["fused"] and cfg["format"] != "fp16" and cfg["fused"]:
+        if o["format"] == "fp16" and o["fused"] and cfg["format"] != "fp16":
             case["metrics"]["speedup_vs_fp16"] = case["metrics"]["tok_s"] / c["metrics"]["tok_s"]
             case["units"]["speedup_vs_fp16"] = "x"
         if o["format"] == cfg["format"] and o["fused"] and not cfg["fused"]:
@@ -271,8 +345,6 @@ def _name(placement: str, fmt: str, batch: int, context: int, fused: bool) -> st
 def hbm_case(ctx: RunContext, fmt: str, batch: int, context: int, fused: bool) -> dict:
     import torch
 
-    from kvbench.timing import time_cuda
-
     if not ctx.cuda:
         raise Skip("needs a CUDA device (none here)")
     cache = Cache(ctx, fmt, batch, context)
@@ -287,26 +359,30 @@ def hbm_case(ctx: RunContext, fmt: str, batch: int, context: int, fused: bool) -
     pool = torch.empty(nres * cache.BP, cache.spec.page_bytes, dtype=torch.uint8, device="cuda")
     _fill(pool, cache.templates)
     tables = [cache.table(l * cache.BP, "cuda") for l in range(nres)]
-    step, ws = _kernel_step(cache, pool, tables, unfused=not fused, layers_resident=nres)
-    secs = time_cuda(step, warmup=ctx.warmup, samples=ctx.samples)
-    err = _verify(cache, ws["out"], pool, tables[(cache.L - 1) % nres])
-    extra: dict[str, Any] = {"rel_err": err}
-    notes = [f"{nres} of {cache.L} layers resident (distinct pages), kernels cycle over them; "
-             "every step still reads L x the per-layer bytes from HBM"]
+    tile, tuned = _autotune(ctx, lambda t: _layer_fn(cache, pool, tables[0], not fused, t))
+    step, ws = _kernel_step(cache, pool, tables, unfused=not fused, layers_resident=nres, tile=tile)
+    secs, extra, notes = _timed_step(ctx, step)
+    extra["rel_err"] = _verify(cache, ws["out"], pool, tables[(cache.L - 1) % nres])
+    notes.append(f"{nres} of {cache.L} layers resident (distinct pages), kernels cycle over them; "
+                 "every step still reads L x the per-layer bytes from HBM")
+    notes.append("tile (pages per step x warps x stages) chosen by a per-case autotune of one "
+                 f"layer: {', '.join(f'{k} {v * 1e6:.1f} us' for k, v in tuned.items())}")
     if not fused:
         from kvbench.formats.paged import dequantize_pages
+        from kvbench.timing import time_cuda
 
         def dq_only():
             for layer in range(cache.L):
                 dequantize_pages(pool, tables[layer % nres], cache.spec, cache.side, layer=0,
                                  dtype=torch.bfloat16, backend="triton", check=False)
-        dq = time_cuda(dq_only, warmup=1, samples=ctx.samples)
+        dq = time_cuda(dq_only, warmup=1, samples=ctx.samples, ahead=True)
         extra["dequant_s"] = summarize(dq)["median"]
         extra["dequant_share"] = extra["dequant_s"] / summarize(secs)["median"]
-        notes.append("dequant_share: the separate dequantization's time over the unfused step time")
-    pool = None  # free before the next case allocates
+        notes.append("dequant_share: the separate dequantization's time (eager, behind a GPU "
+                     "sleep) over the unfused step time")
+    pool = step = ws = None  # free before the next case allocates
     torch.cuda.empty_cache()
-    cfg = _cfg(ctx, "hbm", fmt, batch, context, fused, layers_resident=nres)
+    cfg = _cfg(ctx, "hbm", fmt, batch, context, fused, layers_resident=nres, tile=tile.describe())
     return _finish(ctx, _name("hbm", fmt, batch, context, fused), cfg, cache, secs,
                    _measured(ctx, "hbm"), notes, extra)
 
@@ -360,7 +436,8 @@ def prefetch_case(ctx: RunContext, fmt: str, batch: int, context: int, placement
     copy_s, comp_s = torch.cuda.Stream(), torch.cuda.Stream()
     copied = [torch.cuda.Event() for _ in range(R)]
     freed = [torch.cuda.Event() for _ in range(R)]
-    from kvbench.attention import decode_fused
+    tile = _tuned_tile(ctx, fmt)
+    attend = {key: _layer_fn(cache, hbm, t, False, tile) for key, t in tables.items()}
 
     # bytes moved per layer: the cold blocks of every sequence (contiguous per sequence)
     def h2d(layer: int, slot: int, src=None):
@@ -386,8 +463,7 @@ def prefetch_case(ctx: RunContext, fmt: str, batch: int, context: int, placement
                 also.record(copy_s)
         with torch.cuda.stream(comp_s):
             comp_s.wait_event(copied[slot])
-            out["o"] = decode_fused(cache.q, hbm, tables[(slot, layer)], cache.lens,
-                                    cache.spec, 0, cache.side)
+            out["o"] = attend[(slot, layer)]()
             freed[slot].record(comp_s)
 
     extra_notes: list[str] = []
@@ -406,7 +482,12 @@ def prefetch_case(ctx: RunContext, fmt: str, batch: int, context: int, placement
             for layer in range(cache.L):
                 enqueue_layer(layer, layer % R)
             comp_s.wait_stream(copy_s)
-        secs = time_cuda(step, warmup=ctx.warmup, samples=ctx.samples, stream=comp_s)
+        from kvbench.timing import ahead_note
+
+        info: dict[str, Any] = {}
+        secs = time_cuda(step, warmup=ctx.warmup, samples=ctx.samples, stream=comp_s,
+                         ahead=True, info=info)
+        extra_notes.append(ahead_note(info))
         roof_tier = _measured(ctx, "h2d")
     torch.cuda.synchronize()
     # verify the last layer against the reference computed from where its pages came from
@@ -425,8 +506,8 @@ def prefetch_case(ctx: RunContext, fmt: str, batch: int, context: int, placement
         t_roof = max(cold_bytes / (roof_tier * GB), cache.kv_bytes_per_step / (hbm_bw * GB))
         roof = cache.kv_bytes_per_step / t_roof / GB
     cfg = _cfg(ctx, placement, fmt, batch, context, True, hot_window_tokens=hot_blocks * cache.spec.tokens,
-               staging_slots=R, bytes_from_tier_per_step=cold_bytes)
-    hbm = host = None  # free before the next case allocates
+               staging_slots=R, bytes_from_tier_per_step=cold_bytes, tile=tile.describe())
+    hbm = host = attend = None  # free before the next case allocates
     torch.cuda.empty_cache()
     return _finish(ctx, _name(placement, fmt, batch, context, True), cfg, cache, secs, roof,
                    [f"roofline: {cold_bytes:,} B per step from the tier at its measured rate, "
@@ -492,23 +573,36 @@ def _nvme_pipeline(ctx, cache, enqueue_layer, R):
 def zero_copy_case(ctx: RunContext, fmt: str, batch: int, context: int) -> dict:
     import torch
 
-    from kvbench.timing import time_cuda
-
     if not ctx.cuda:
         raise Skip("needs a CUDA device (none here)")
     cache = Cache(ctx, fmt, batch, context)
     host = _host_pool(cache, pin=True)
     tables = [cache.table(l * cache.BP, "cuda") for l in range(cache.L)]
-    step, ws = _kernel_step(cache, host, tables, zero_copy=True)
-    secs = time_cuda(step, warmup=ctx.warmup, samples=ctx.samples)
+    tile = _tuned_tile(ctx, fmt)
+    step, ws = _kernel_step(cache, host, tables, zero_copy=True, tile=tile)
+    secs, extra, notes = _timed_step(ctx, step)
     torch.cuda.synchronize()
-    err = _verify(cache, ws["out"], host, tables[-1].cpu())
-    cfg = _cfg(ctx, "dram_zero_copy", fmt, batch, context, True)
+    extra["rel_err"] = _verify(cache, ws["out"], host, tables[-1].cpu())
+    cfg = _cfg(ctx, "dram_zero_copy", fmt, batch, context, True, tile=tile.describe())
     roof = _measured(ctx, "h2d")
-    host = None
+    host = step = ws = None
     return _finish(ctx, _name("dram_zero_copy", fmt, batch, context, True), cfg, cache, secs,
-                   roof, ["the kernel loads pinned host pages over PCIe (unified addressing)"],
-                   {"rel_err": err})
+                   roof, ["the kernel loads pinned host pages over PCIe (unified addressing)"] + notes,
+                   extra)
+
+
+def _tuned_tile(ctx: RunContext, fmt: str) -> Any:
+    """The tile the hbm autotune chose for this format in this run (its largest batch),
+    else the kernel's default: placements below HBM are bound by the link, not the tile."""
+    from kvbench.kernels_loader import load_kernels
+
+    pa = load_kernels("paged_attention")
+    tuned = [c for c in ctx.done if c["bench"] == BENCH_KEY and c["status"] == "ok"
+             and c["config"].get("placement") == "hbm" and c["config"].get("format") == fmt
+             and c["config"].get("fused") and c["config"].get("tile")]
+    if not tuned:
+        return pa.DEFAULT_TILE
+    return pa.DecodeTile(**max(tuned, key=lambda c: c["config"]["batch"])["config"]["tile"])
 
 
 # ------------------------------------------------------------------------- CPU reference
@@ -607,6 +701,8 @@ def kernel_check_case(ctx: RunContext, fmt: str) -> dict:
 def plan(ctx: RunContext) -> list[Case]:
     for p in ("hbm", "dram_prefetch", "dram_zero_copy", "nvme", "dram"):
         shapes(ctx, p)  # a malformed --set decode.<placement>.shapes fails before anything runs
+    if "decode.tiles" in ctx.options:
+        _tiles(ctx)  # so does a malformed --set decode.tiles
     cases: list[Case] = []
     add = lambda name, fn: cases.append(Case(name, {}, fn))  # noqa: E731
     fmts = ctx.formats
@@ -656,5 +752,7 @@ BENCH = Benchmark(
         'decode.nvme.shapes': 'batch x context pairs for placement nvme, e.g. 64x8192,16x32768',
         'decode.dram.shapes': 'batch x context pairs for placement dram, e.g. 64x8192,16x32768',
         'decode.hot_window': 'tokens per sequence kept in HBM for placement hot_window (default 1024)',
+        'decode.tiles': 'decode-kernel tiles the hbm autotune tries, pages-per-step x warps x stages, '
+                        'e.g. 1x4x3,4x8x2 (default: every choice the kernel offers for the page size)',
     },
 )

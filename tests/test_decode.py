@@ -196,3 +196,36 @@ def test_gpu_decode_suite_small(tmp_path):
     assert not errors, errors
     ok = {c["config"].get("placement") for c in cases if c["status"] == "ok"}
     assert {"hbm", "dram_prefetch", "dram_zero_copy", "nvme", "hot_window"} <= ok
+    for c in cases:
+        if c["status"] == "ok" and c["config"].get("kind") == "decode":
+            m = c["metrics"]
+            assert m["pct_of_roofline"] > 0 and m["rel_err"] < 2e-2, c["name"]
+            if c["config"]["format"] != "fp16":
+                assert "speedup_vs_fp16" in m, c["name"]
+            if c["config"]["placement"] in ("hbm", "dram_zero_copy"):
+                assert "eager_step_s" in m and c["config"]["tile"], c["name"]
+
+
+def test_every_non_fp16_case_relates_to_fp16():
+    """Derived fields are consistent: fused and unfused quantized cases alike get a
+    speed-up over fused fp16 of the same placement and shape; unfused cases also get
+    their time over the fused case's."""
+    from kvbench.bench.decode import _relate
+    from kvbench.results import make_case
+
+    def case(fmt, fused, step):
+        cfg = {"kind": "decode", "placement": "hbm", "format": fmt, "batch": 4, "context": 1024,
+               "fused": fused, "device": "cuda"}
+        c = make_case("decode", f"hbm/{fmt}/{fused}", cfg, samples={"step_s": [step]})
+        c["metrics"]["tok_s"] = 4 / step
+        return c
+    ctx = type("Ctx", (), {"done": []})()
+    for fmt, fused, step in (("fp16", True, 4.0), ("nvfp4", True, 1.0), ("nvfp4", False, 2.0)):
+        c = case(fmt, fused, step)
+        _relate(ctx, c)
+        ctx.done.append(c)
+    fp16, fused, unfused = ctx.done
+    assert "speedup_vs_fp16" not in fp16["metrics"]
+    assert fused["metrics"]["speedup_vs_fp16"] == pytest.approx(4.0)
+    assert unfused["metrics"]["speedup_vs_fp16"] == pytest.approx(2.0)
+    assert unfused["metrics"]["unfused_over_fused_time"] == pytest.approx(2.0)

@@ -153,4 +153,9 @@ def test_gpu_transfer_suite_small(tmp_path):
     dirs = {c["config"]["direction"] for c in cases if c["status"] == "ok"}
     assert {"dram->hbm", "hbm->dram", "dram<->hbm", "hbm->hbm", "nvme->hbm"} <= dirs
     methods = {c["config"]["method"] for c in cases if c["status"] == "ok" and c["config"]["direction"] == "dram->hbm"}
-    assert {"per_page", "coalesced", "triton"} <= methods
+    assert {"per_page", "batched", "coalesced", "triton"} <= methods
+    for c in cases:  # every case carries the same headline fields, ceilings included
+        if c["status"] == "ok":
+            assert c["samples"]["gbps"] and c["metrics"]["gbps"] > 0, c["name"]
+            if c["config"].get("kind") != "ceiling":
+                assert "pct_of_ceiling" in c["metrics"], c["name"]

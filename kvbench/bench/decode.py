@@ -20,6 +20,15 @@ Each case reports tokens/s (batch / step time), step time, achieved KV-read band
 bytes per step over min(tier bandwidth, HBM bandwidth), both measured in the same run.
 For quantized formats an ``unfused`` variant dequantizes the pages to bf16 with their
 own kernel first; it reports the share of its step time that the dequantization takes.
+
+Timing: every layer's launch is prepared once (arguments, workspace, output). hbm and
+dram_zero_copy steps are captured in a CUDA graph and the replay is timed (device work
+only); the same step issued from Python is timed too (``eager_step_s``) and the
+difference is reported as ``launch_overhead_s``. The pipelined placements are timed
+eagerly behind a GPU sleep that outlasts their host enqueue (checked per sample, see
+``kvbench.timing.time_cuda(ahead=True)``). The decode kernel's tile (pages per loop
+step, warps, stages) is chosen per hbm case by timing each candidate on one layer;
+the lower placements reuse the tile chosen for their format.
 Without CUDA the dram and nvme placements run the torch reference on the CPU, labelled
 as CPU reference numbers; hbm and GPU-only placements are skipped with the reason.
 """

@@ -151,6 +151,12 @@ def _memlock_limit_bytes() -> int | None:
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
+def _memlock_applies() -> bool:
+    from kvbench.tiers.dram import memlock_limit
+
+    return memlock_limit() is not None
+
+
 def _huge_pages() -> dict[str, Any]:
     """Static huge-page pool from /proc/meminfo and the transparent-huge-page mode."""
     text = _read_text("/proc/meminfo")
@@ -180,6 +186,9 @@ def _host() -> dict[str, Any]:
         "memory_available_bytes": int(vm.available) if vm else None,
         "numa_nodes": _try(_numa_nodes, []),
         "memlock_limit_bytes": _try(_memlock_limit_bytes),
+        # False when the limit does not bind this process (CAP_IPC_LOCK): see
+        # kvbench.tiers.dram.memlock_limit, which checks pinned pools against it
+        "memlock_limit_applies": _try(_memlock_applies),
         "huge_pages": _try(_huge_pages),
     }
 
@@ -368,6 +377,75 @@ def find_mount(path: str | Path, rows: list[dict[str, str]]) -> dict[str, str] |
     return best
 
 
+def parse_proc_mounts(text: str) -> list[dict[str, str]]:
+    """Rows of /proc/mounts (fstab(5) format: ``source mount_point fs_type options 0 0``),
+    in parse_mountinfo's shape (major_minor empty): the fallback when mountinfo is absent."""
+    rows = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 4:
+            rows.append({"mount_point": _unescape_mount(f[1]), "major_minor": "",
+                         "options": f[3], "fs_type": f[2], "source": _unescape_mount(f[0])})
+    return rows
+
+
+def read_mount_table() -> list[dict[str, str]]:
+    """This process's mounts (/proc/self/mountinfo, else /proc/mounts); [] when neither
+    can be read (then every directory's backing is "unknown")."""
+    for path, parse in (("/proc/self/mountinfo", parse_mountinfo), ("/proc/mounts", parse_proc_mounts)):
+        text = _read_text(path)
+        if text:
+            return parse(text)
+    return []
+
+
+# What a mount's filesystem says about where its files live. Only "disk" is chosen for
+# NVMe files by default; the rest are labelled wherever the directory is used.
+#   ram:     files are pages of memory (tmpfs, ramfs; /dev/zram* and /dev/ram* devices)
+#   overlay: a union of layers whose writable upper layer may be tmpfs (gVisor's default
+#            root overlay is memory-backed); O_DIRECT often refused
+#   network: another machine's disks, through the network
+#   unknown: FUSE, host-shared (9p, virtiofs), read-only images, anything not listed
+DISK_FILESYSTEMS = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "bcachefs", "jfs", "reiserfs",
+    "nilfs2", "vfat", "exfat", "ntfs", "ntfs3"})
+RAM_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
+OVERLAY_FILESYSTEMS = frozenset({"overlay", "overlayfs", "aufs", "unionfs"})
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs",
+    "afs", "ocfs2", "gfs2"})
+_RAM_BLOCK_DEVICE = re.compile(r"^/dev/(zram|ram)\d+")
+
+
+def fs_backing(fs_type: str | None, source: str | None) -> tuple[str, str]:
+    """(backing, why) for a mount: backing is "disk", "ram", "overlay", "network" or
+    "unknown"; why is a short phrase ('tmpfs (RAM-backed)')."""
+    fs, src = fs_type or "", source or ""
+    if _RAM_BLOCK_DEVICE.match(src):
+        return "ram", f"{fs or 'a filesystem'} on {src} (a RAM block device)"
+    if fs in RAM_FILESYSTEMS:
+        return "ram", f"{fs} (RAM-backed)"
+    if fs in OVERLAY_FILESYSTEMS:
+        return "overlay", f"{fs} (layers of unknown backing, possibly RAM)"
+    if fs in NETWORK_FILESYSTEMS:
+        return "network", f"{fs} (a network filesystem)"
+    if fs in DISK_FILESYSTEMS:
+        return "disk", f"{fs} on {src or 'a block device'}"
+    if not fs:
+        return "unknown", "no mount found for it"
+    return "unknown", f"{fs} (backing unknown)"
+
+
+def dir_backing(path: str | Path, rows: list[dict[str, str]]) -> dict[str, Any]:
+    """The mount holding ``path`` (resolved) and what backs it: mount_point, fs_type,
+    source, backing, why (see fs_backing)."""
+    mount = find_mount(os.path.realpath(path), rows) if rows else None
+    fs, src = (mount["fs_type"], mount["source"]) if mount else (None, None)
+    backing, why = fs_backing(fs, src)
+    return {"mount_point": mount["mount_point"] if mount else None, "fs_type": fs, "source": src,
+            "backing": backing, "why": why}
+
+
 _PARTITION_PATTERNS = (
     re.compile(r"^(nvme\d+n\d+)p\d+$"),        # nvme0n1p1 -> nvme0n1
     re.compile(r"^(mmcblk\d+)p\d+$"),          # mmcblk0p2 -> mmcblk0
@@ -445,6 +523,13 @@ def _block_device(major: int, minor: int) -> dict[str, Any]:
     return info
 
 
+def _chosen_because(real: str) -> str:
+    """Why this directory holds the NVMe files (recorded by make_nvme_workdir)."""
+    from kvbench.tiers.nvme import chosen_because
+
+    return chosen_because(real) or "given by the caller"
+
+
 def _nvme(nvme_dir: str | Path) -> dict[str, Any]:
     """Filesystem, free space and backing block device of the directory used as NVMe tier."""
     d = Path(nvme_dir).expanduser()
@@ -457,12 +542,14 @@ def _nvme(nvme_dir: str | Path) -> dict[str, Any]:
     real = os.path.realpath(d)
     out["resolved"] = real
 
-    rows = _try(lambda: parse_mountinfo(Path("/proc/self/mountinfo").read_text()), [])
+    rows = _try(read_mount_table, [])
     mount = find_mount(real, rows) if rows else None
     out["mount_point"] = mount["mount_point"] if mount else None
     out["fs_type"] = mount["fs_type"] if mount else None
     out["source"] = mount["source"] if mount else None
     out["mount_options"] = mount["options"] if mount else None
+    out["backing"], out["backing_reason"] = fs_backing(out["fs_type"], out["source"])
+    out["chosen_because"] = _try(lambda: _chosen_because(real))
 
     usage = _try(lambda: shutil.disk_usage(real))
     out["total_bytes"] = int(usage.total) if usage else None
@@ -496,6 +583,9 @@ def _nvme(nvme_dir: str | Path) -> dict[str, Any]:
 SOFTWARE_DISTRIBUTIONS = (
     "torch", "triton", "transformers", "nvidia-ml-py", "psutil", "numpy", "rich",
     "matplotlib", "PyYAML",
+    # cuMemcpyBatchAsync comes through cuda-bindings (cuda-python before 12.6 shipped it
+    # itself); cuFile (GPUDirect Storage) wheels are named per CUDA major before 13
+    "cuda-bindings", "cuda-python", "nvidia-cufile", "nvidia-cufile-cu12",
 )
 
 
@@ -597,6 +687,8 @@ def summary_lines(env: dict[str, Any]) -> list[str]:
         f"({host.get('cpu_cores_logical') or '?'} logical), "
         f"{_gib(host.get('memory_total_bytes'))} RAM, {len(numa) or '?'} NUMA node(s), "
         f"memlock {'unlimited' if memlock is None else fmt_bytes(memlock)}"
+        + (" (not applied: CAP_IPC_LOCK)" if memlock is not None
+           and host.get("memlock_limit_applies") is False else "")
     )
 
     gpus = env.get("gpus") or []
@@ -646,6 +738,11 @@ def summary_lines(env: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"NVMe dir: {nv.get('dir')} ({nv.get('fs_type') or '?'}): "
                          f"{nv.get('reason')}; {free_s}")
+        if nv.get("backing") not in (None, "disk"):
+            lines.append(f"  not a disk: {nv.get('backing_reason')}; NVMe figures measure that")
+        why = nv.get("chosen_because")
+        if why and not why.startswith("given by"):
+            lines.append(f"  chosen: {why}")
 
     sw = env.get("software") or {}
     pk = sw.get("packages") or {}

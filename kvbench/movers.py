@@ -70,9 +70,31 @@ def triton_gather(src: Any, dst: Any, src_ids: Sequence[int], dst_ids: Sequence[
     return run
 
 
+class BatchedCopyError(RuntimeError):
+    """cuMemcpyBatchAsync is installed but failed (an exception from the binding or a
+    non-zero CUresult): a broken method, recorded as an error case, never a skip."""
+
+
+def _cu_error_text(cu: Any, err: Any) -> str:
+    """'CUDA_ERROR_INVALID_VALUE: invalid argument (CUresult 1)', as far as the binding
+    can say (cuGetErrorName / cuGetErrorString return (CUresult, bytes))."""
+    parts = []
+    for fn in ("cuGetErrorName", "cuGetErrorString"):
+        try:
+            res = getattr(cu, fn)(err)
+            text = res[1] if isinstance(res, tuple) else res
+            parts.append(text.decode() if isinstance(text, bytes) else str(text))
+        except Exception:  # noqa: BLE001 - the number alone still identifies it
+            pass
+    return f"{': '.join(parts) or err} (CUresult {int(err)})"
+
+
 def batched(src: Any, dst: Any, src_ids: Sequence[int], dst_ids: Sequence[int],
             page_bytes: int, stream: Any) -> Callable[[], None]:
-    """All pages in one cuMemcpyBatchAsync call (CUDA 12.8+ driver API)."""
+    """All pages in one cuMemcpyBatchAsync call (CUDA 12.8+ driver API).
+
+    Skip only when the binding is missing (no cuda-python, or one without the call);
+    once it is there, any failure raises BatchedCopyError with the binding's message."""
     try:
         from cuda.bindings import driver as cu  # cuda-python
     except ImportError:
@@ -82,29 +104,30 @@ def batched(src: Any, dst: Any, src_ids: Sequence[int], dst_ids: Sequence[int],
     n = len(src_ids)
     sb, db = src.data_ptr(), dst.data_ptr()
     ss, ds = src.stride(0), dst.stride(0)
-    # the binding type-checks every entry: CUdeviceptr, not int
-    srcs = [cu.CUdeviceptr(sb + s * ss) for s in src_ids]
-    dsts = [cu.CUdeviceptr(db + d * ds) for d in dst_ids]
-    sizes = [page_bytes] * n
     try:
+        # the binding type-checks every entry: CUdeviceptr, not int
+        srcs = [cu.CUdeviceptr(sb + s * ss) for s in src_ids]
+        dsts = [cu.CUdeviceptr(db + d * ds) for d in dst_ids]
         attr = cu.CUmemcpyAttributes()
-    except Exception as exc:  # noqa: BLE001
-        raise Skip(f"cuMemcpyBatchAsync unusable here: {exc}") from None
-    attr.srcAccessOrder = cu.CUmemcpySrcAccessOrder.CU_MEMCPY_SRC_ACCESS_ORDER_STREAM
-    attr.flags = 0
-    handle = cu.CUstream(stream.cuda_stream)
+        attr.srcAccessOrder = cu.CUmemcpySrcAccessOrder.CU_MEMCPY_SRC_ACCESS_ORDER_STREAM
+        attr.flags = 0
+        handle = cu.CUstream(stream.cuda_stream)
+    except Exception as exc:  # noqa: BLE001 - whatever the binding raises, with its message
+        raise BatchedCopyError(f"cuMemcpyBatchAsync arguments refused by cuda-python: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    sizes = [page_bytes] * n
 
     def call() -> None:
-        # cuda-python returns CUresult (13.x) or (CUresult, failIdx) (12.8/12.9)
-        res = cu.cuMemcpyBatchAsync(dsts, srcs, sizes, n, [attr], [0], 1, handle)
+        try:
+            res = cu.cuMemcpyBatchAsync(dsts, srcs, sizes, n, [attr], [0], 1, handle)
+        except Exception as exc:  # noqa: BLE001 - binding signatures vary by release
+            raise BatchedCopyError(f"cuMemcpyBatchAsync raised {type(exc).__name__}: {exc}") from exc
+        # cuda-python returns (CUresult,) or CUresult (13.x), (CUresult, failIdx) (12.8/12.9)
         err = res[0] if isinstance(res, tuple) else res
         if int(err) != 0:
-            raise RuntimeError(f"cuMemcpyBatchAsync failed: {err}")
-    try:
-        call()  # probe once so an unsupported driver or binding becomes a skip
-        stream.synchronize()
-    except Exception as exc:  # noqa: BLE001 - binding signatures vary by cuda-python release
-        raise Skip(f"cuMemcpyBatchAsync unusable here: {type(exc).__name__}: {exc}") from None
+            raise BatchedCopyError(f"cuMemcpyBatchAsync failed: {_cu_error_text(cu, err)}")
+    call()  # probe once: a broken call is reported as an error before any timing
+    stream.synchronize()
     return call
 
 

@@ -233,3 +233,31 @@ def test_bracketed():
     assert kenv._bracketed("always [madvise] never") == "madvise"
     assert kenv._bracketed("none") == "none"
     assert kenv._bracketed(None) is None
+
+
+def test_nvme_block_says_what_backs_it(collected):
+    nv = collected[0]["nvme"]
+    assert nv["backing"] in ("disk", "ram", "overlay", "network", "unknown")
+    assert nv["backing_reason"] and nv["chosen_because"] == "given by the caller"
+    if nv["block_device"] is not None and nv["fs_type"] in kenv.DISK_FILESYSTEMS:
+        assert nv["backing"] == "disk"
+
+
+def test_software_versions_include_the_cuda_bindings(collected, monkeypatch):
+    pk = collected[0]["software"]["packages"]
+    for dist in ("cuda-bindings", "nvidia-cufile"):
+        assert dist in pk  # None when not installed
+    real = kenv.metadata.version
+
+    def fake(dist):
+        return {"cuda-bindings": "13.0.1", "nvidia-cufile": "1.15.0.42"}.get(dist) or real(dist)
+    monkeypatch.setattr(kenv.metadata, "version", fake)
+    pk = kenv._software()["packages"]
+    assert pk["cuda-bindings"] == "13.0.1" and pk["nvidia-cufile"] == "1.15.0.42"
+
+
+def test_memlock_line_says_when_the_limit_does_not_apply():
+    env = {"host": {"memlock_limit_bytes": 8 << 20, "memlock_limit_applies": False}}
+    assert "memlock 8 MiB (not applied: CAP_IPC_LOCK)" in kenv.summary_lines(env)[0]
+    env["host"]["memlock_limit_applies"] = True
+    assert kenv.summary_lines(env)[0].endswith("memlock 8 MiB")

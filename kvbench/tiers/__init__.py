@@ -1,8 +1,8 @@
 """Tiers: where KV bytes live.
 
 ``hbm``  CUDA device memory.
-``dram`` host memory: pinned (page-locked, cudaHostAlloc) when CUDA is present, else
-         pageable, and labelled so.
+``dram`` host memory: pinned (page-locked: mmap + cudaHostRegister, reused through a
+         small arena) when CUDA is present, else pageable, and labelled so.
 ``nvme`` a file in a chosen directory, read through mmap, buffered reads or O_DIRECT.
 
 Every tier answers ``available() -> (ok, reason)`` before allocating anything, and

@@ -19,8 +19,9 @@ import os
 import shutil
 import tempfile
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from kvbench.errors import KvbenchError, TierUnavailable
 from kvbench.tiers.base import Tier, TierBuffer
@@ -32,6 +33,10 @@ DIRECT_ALIGN = 4096
 #: Disk space left free: 1 GiB or 5% of the filesystem, whichever is larger.
 NVME_MARGIN_FRACTION = 0.05
 NVME_MARGIN_MIN_BYTES = GiB
+
+#: the smallest free space (beyond the margin) worth starting a run with, or choosing a
+#: default directory for
+MIN_NVME_FREE_BYTES = 64 << 20
 
 READ_METHODS = ("mmap", "buffered", "odirect")
 WRITE_METHODS = ("buffered", "odirect")
@@ -92,17 +97,140 @@ def resident_fraction(fd: int, length: int) -> float:
         libc.munmap(addr, length)
 
 
+# ------------------------------------------------------------------ which directory
+@dataclass(frozen=True)
+class NvmeDirChoice:
+    """A directory for NVMe files, what backs it ("disk", "ram", "overlay", "network",
+    "unknown": kvbench.env.fs_backing) and why it was chosen (one line)."""
+
+    path: Path
+    backing: str
+    reason: str
+
+
+def nvme_dir_candidates(environ: Mapping[str, str] | None = None,
+                        cwd: str | None = None) -> list[tuple[str, str | None]]:
+    """(name, path or None when unset) in the order a default directory is looked for."""
+    env = os.environ if environ is None else environ
+    return [("$KVBENCH_NVME_DIR", env.get("KVBENCH_NVME_DIR") or None),
+            ("$TMPDIR", env.get("TMPDIR") or None), ("/var/tmp", "/var/tmp"), ("/tmp", "/tmp"),
+            ("the current directory", cwd if cwd is not None else os.getcwd())]
+
+
+def dir_problem(path: str | Path, min_free: int = MIN_NVME_FREE_BYTES) -> str | None:
+    """Why ``path`` cannot hold NVMe files (missing, not writable, read-only, fewer than
+    ``min_free`` bytes beyond the tier's margin), or None when it can."""
+    tier = NvmeTier(path)
+    try:
+        tier.validate_dir()
+        free = tier.free_bytes()
+    except (KvbenchError, OSError) as exc:
+        return str(exc)
+    if free < min_free:
+        return f"{path} has {free:,} B free beyond the margin, under the {min_free:,} B needed"
+    return None
+
+
+def choose_nvme_dir(candidates: list[tuple[str, str | None]], rows: list[dict[str, str]],
+                    min_free: int = MIN_NVME_FREE_BYTES) -> NvmeDirChoice:
+    """The first usable candidate whose filesystem is on a disk (by the mount table
+    ``rows``: kvbench.env.parse_mountinfo), else the first usable one, labelled; a
+    one-line KvbenchError when none is usable. Pure but for the usability checks."""
+    from kvbench.env import dir_backing
+
+    notes: list[str] = []
+    fallback: tuple[str, str, dict[str, Any]] | None = None
+    seen: set[str] = set()
+    for name, path in candidates:
+        if not path:
+            notes.append(f"{name} unset")
+            continue
+        label = name if name == path else f"{name}={path}"
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
+        problem = dir_problem(path, min_free)
+        if problem is not None:
+            notes.append(f"{label}: {problem}")
+            continue
+        b = dir_backing(real, rows)
+        if b["backing"] == "disk":
+            why = f"first disk-backed candidate: {label}, {b['why']}"
+            if notes:
+                why += f" (passed over: {'; '.join(notes)})"
+            return NvmeDirChoice(Path(path), "disk", why)
+        notes.append(f"{label} is {b['why']}")
+        fallback = fallback or (label, path, b)
+    if fallback is None:
+        raise KvbenchError(f"no usable directory for NVMe files ({'; '.join(notes)}); pass --nvme-dir")
+    label, path, b = fallback
+    return NvmeDirChoice(Path(path), b["backing"],
+                         f"no disk-backed candidate ({'; '.join(notes)}): using {label}, "
+                         f"{b['why']}, so NVMe figures do not measure a disk")
+
+
+def default_nvme_dir() -> NvmeDirChoice:
+    """``choose_nvme_dir`` over this process's environment, directory and mounts."""
+    from kvbench.env import read_mount_table
+
+    return choose_nvme_dir(nvme_dir_candidates(), read_mount_table())
+
+
+_chosen: dict[str, str] = {}
+
+
+def record_choice(path: str | Path, reason: str) -> None:
+    """Remember why ``path`` holds the NVMe files, for the environment block."""
+    _chosen[os.path.realpath(path)] = reason
+
+
+def chosen_because(path: str | Path) -> str | None:
+    """What ``record_choice`` said about ``path``, or None."""
+    return _chosen.get(os.path.realpath(path))
+
+
 # ------------------------------------------------------------------ the tier
 class NvmeTier(Tier):
-    """Files in a private folder under ``base_dir`` (default: the system temp dir)."""
+    """Files in a private folder under ``base_dir`` (default: ``default_nvme_dir()``,
+    a disk-backed one where there is one)."""
 
     name = "nvme"
 
     def __init__(self, base_dir: str | Path | None = None) -> None:
-        self.base_dir = Path(base_dir) if base_dir is not None else Path(tempfile.gettempdir())
+        if base_dir is None:
+            try:
+                base_dir = default_nvme_dir().path
+            except KvbenchError:  # nothing usable: validate_dir says why, on use
+                base_dir = tempfile.gettempdir()
+        self.base_dir = Path(base_dir)
         self._private: Path | None = None
         self._buffers: "weakref.WeakSet[FileBuffer]" = weakref.WeakSet()
         self._odirect: tuple[bool, str] | None = None
+        self._backing: dict[str, Any] | None = None
+
+    def backing(self) -> dict[str, Any]:
+        """What backs base_dir (kvbench.env.dir_backing: backing, why, fs_type, ...),
+        read from the mount table once."""
+        if self._backing is None:
+            from kvbench.env import dir_backing, read_mount_table
+
+            rows = read_mount_table()
+            self._backing = dir_backing(self.base_dir, rows) if rows else {"backing": None}
+        return self._backing
+
+    @property
+    def label(self) -> str:
+        """'nvme', or what the directory really is when that is not a disk:
+        'nvme (RAM-backed tmpfs: not a disk)'."""
+        b = self.backing()
+        fs = b.get("fs_type") or "unknown filesystem"
+        return {
+            "ram": f"nvme (RAM-backed {fs}: not a disk)",
+            "overlay": f"nvme ({fs}: may not be a disk)",
+            "network": f"nvme ({fs}: a network filesystem, not a local disk)",
+            "unknown": f"nvme ({fs}: backing unknown)",
+        }.get(b["backing"], "nvme")
 
     # -- checks
     def validate_dir(self) -> None:

@@ -140,6 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             for opt, what in b.options.items():
                 print(f"{'':14}--set {opt}=...  {what}")
         return 0
+    if args.plan_as_gpu and not args.dry_run:
+        raise KvbenchError("--plan-as-gpu only plans: it needs --dry-run")
     benches = select(csv_values(args.bench))
     model = load_model(args.model)
     formats = csv_values(args.format) or list(DEFAULT_FORMATS)
@@ -164,12 +166,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Triton kernels run in its interpreter on the CPU (correctness, not speed);
         # must be set before any kernel module is imported.
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    quick = args.quick if args.quick is not None else not cuda
+    plan_cuda = cuda or args.plan_as_gpu  # --plan-as-gpu: plan as a GPU machine would
+    quick = args.quick if args.quick is not None else not plan_cuda
     samples = args.samples or (5 if quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if quick else 3)
+    if cuda:
+        warmup = max(1, warmup)  # Triton compiles on first launch: never time that
 
     from kvbench.env import collect_environment
-    from kvbench.runner import (check_pages_fit, default_output, make_nvme_workdir,
+    from kvbench.runner import (check_pages_fit, default_output, make_nvme_workdir, print_plan,
                                 print_summary, remove_workdir, run, stderr_console)
 
     nvme_dir, owned = make_nvme_workdir(args.nvme_dir)
@@ -181,10 +186,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if output.exists() and output.is_dir():
             raise KvbenchError(f"--output {output} is a directory")
         ctx = RunContext(
-            cuda=cuda, quick=quick, model=model, formats=formats,
+            cuda=plan_cuda, quick=quick, model=model, formats=formats,
             tokens_per_page=args.tokens_per_page, layouts=layouts, nvme_dir=nvme_dir,
             warmup=warmup, samples=samples, seed=args.seed, options=options, environment=env,
         )
+        if args.dry_run:
+            return print_plan(benches, ctx, args.cases)
         import signal
 
         def _terminate(signum: int, frame: Any) -> None:
@@ -193,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             doc, path = run(benches, ctx, output, argv=sys.argv[1:], console=console,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, cases=args.cases)
         except KeyboardInterrupt:
             console.print(f"kvbench: interrupted; finished cases written to {output}")
             return 130
@@ -229,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--model", help="also print KV sizes of this model (a configs/models name)")
     info.add_argument("--list-models", action="store_true", help="list the model configs and exit")
-    info.add_argument("--nvme-dir", help="folder whose disk backs the nvme tier (default: a private temp dir)")
+    info.add_argument("--nvme-dir", help="folder whose disk backs the nvme tier (default: the first disk-backed of "
+                           "$KVBENCH_NVME_DIR, $TMPDIR, /var/tmp, /tmp, .)")
     info.add_argument("--json", action="store_true", help="print JSON instead of tables")
     info.set_defaults(func=cmd_info)
 
@@ -252,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layout", action="append", metavar="L",
                      help="page layout(s): 'layer' (a page per layer) or 'block' (all layers of a token span); default both")
     run.add_argument("--nvme-dir", metavar="DIR",
-                     help="folder on the disk to test for the nvme tier (default: a private temp dir, removed after)")
+                     help="folder on the disk to test for the nvme tier (default: a private folder under "
+                          "the first disk-backed of $KVBENCH_NVME_DIR, $TMPDIR, /var/tmp, /tmp, ., "
+                          "removed after)")
     run.add_argument("-o", "--output", metavar="PATH",
                      help="result file (default results/<hardware>-<host>-<utc>.json)")
     mode = run.add_mutually_exclusive_group()
@@ -266,6 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="benchmark option, e.g. transfer.threads=1,4,16 (repeatable; "
                           "'kvbench run --list' lists every benchmark's options)")
+    run.add_argument("--cases", action="append", metavar="REGEX",
+                     help="run only the cases whose name a Python regex finds (re.search), tried on "
+                          "both BENCH/NAME and the bare NAME: 'transfer/ceiling/' and 'ceiling/' both "
+                          "work ('^ceiling/' anchors at the bare name, '^transfer/' at the full one); "
+                          "repeatable, a case runs if any matches (not comma-split: a regex may hold "
+                          "commas). A regex matching no case of the selected benchmarks is an error. "
+                          "--dry-run lists the names; select the ceilings too for %% of ceiling")
+    run.add_argument("--dry-run", action="store_true",
+                     help="plan (with --cases), print BENCH/NAME of each case one a line on stdout and "
+                          "exit 0: nothing runs, nothing is written")
+    # plans as if a CUDA device were present, so a CPU machine can check GPU case names
+    # (scripts/gpu_check.sh does); only with --dry-run
+    run.add_argument("--plan-as-gpu", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 

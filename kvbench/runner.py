@@ -6,6 +6,7 @@ prints a summary table. On Ctrl-C it writes what finished, marked ``interrupted`
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import socket
 import sys
@@ -19,6 +20,8 @@ from kvbench import __version__
 from kvbench.bench import Benchmark, Case, RunContext, Skip
 from kvbench.errors import KvbenchError
 from kvbench.results import SCHEMA, make_case, skipped_case, write_atomic
+from kvbench.tiers.dram import release_pinned
+from kvbench.tiers.nvme import MIN_NVME_FREE_BYTES  # also read from here
 from kvbench.timing import method_block
 
 
@@ -47,6 +50,66 @@ def plan_all(benches: list[Benchmark], ctx: RunContext) -> list[tuple[Benchmark,
         for case in b.plan(ctx):
             planned.append((b, case))
     return planned
+
+
+def case_name(case: Case | dict) -> str:
+    return case["name"] if isinstance(case, dict) else case.name
+
+
+def select_cases(planned: list[tuple[Benchmark, Case | dict]], patterns: list[str] | None,
+                 cuda: bool = True) -> list[tuple[Benchmark, Case | dict]]:
+    """The planned cases that ``--cases`` selects, in plan order (so ceilings still run
+    before the cases that relate to them). A case is kept when any regex matches, by
+    ``re.search``, either ``BENCH/NAME`` or the bare ``NAME``; a skipped bench's record
+    is filtered by its name (``BENCH/*``) too. No patterns: every case. An invalid regex,
+    or one that matches no planned case, is a one-line KvbenchError (before anything
+    runs, so a typo never yields a silently empty run)."""
+    if not patterns:
+        return planned
+    regexes = []
+    for p in patterns:
+        try:
+            regexes.append(re.compile(p))
+        except re.error as exc:
+            raise KvbenchError(f"--cases {p!r} is not a valid regular expression: {exc}") from None
+    hits = [0] * len(regexes)
+    kept = []
+    for bench, case in planned:
+        name = case_name(case)
+        matched = [i for i, r in enumerate(regexes) if r.search(f"{bench.key}/{name}") or r.search(name)]
+        for i in matched:
+            hits[i] += 1
+        if matched:
+            kept.append((bench, case))
+    missing = [p for p, n in zip(patterns, hits) if n == 0]
+    if missing:
+        keys = list(dict.fromkeys(b.key for b, _ in planned))
+        why = [f"{b.key} cannot run here: {c['reason']}" for b, c in planned if isinstance(c, dict)]
+        if not cuda:
+            why.append("without a CUDA device GPU cases are not planned")
+        raise KvbenchError(
+            f"--cases {', '.join(map(repr, missing))} {'matches' if len(missing) == 1 else 'match'} "
+            f"none of the {len(planned)} cases planned "
+            f"for {', '.join(keys) or 'no benchmark'} ('kvbench run --dry-run' lists them)"
+            + "".join(f"; {w}" for w in why))
+    return kept
+
+
+def print_plan(benches: list[Benchmark], ctx: RunContext, patterns: list[str] | None) -> int:
+    """``kvbench run --dry-run``: BENCH/NAME of every selected case, one a line on
+    stdout (a bench that cannot run here goes to stderr with its reason); runs nothing."""
+    planned = select_cases(plan_all(benches, ctx), patterns, ctx.cuda)
+    n = 0
+    for bench, case in planned:
+        if isinstance(case, dict):
+            print(f"kvbench: dry run: {bench.key}/{case['name']} skipped: {case['reason']}",
+                  file=sys.stderr)
+            continue
+        print(f"{bench.key}/{case.name}")
+        n += 1
+    print(f"kvbench: dry run: {n} cases planned ({'GPU' if ctx.cuda else 'CPU'} plan), "
+          "nothing ran", file=sys.stderr)
+    return 0
 
 
 #: error texts after which the CUDA context is unusable for the rest of the process
@@ -92,8 +155,10 @@ def run_case(bench: Benchmark, case: Case, ctx: RunContext) -> dict[str, Any]:
 
 
 def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[str],
-        console: Any = None, progress: bool = True) -> tuple[dict[str, Any], Path]:
-    """Run, write the result file, return (document, path)."""
+        console: Any = None, progress: bool = True,
+        cases: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+    """Run (only the cases the ``cases`` regexes select, if given: see select_cases),
+    write the result file, return (document, path)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     doc: dict[str, Any] = {
@@ -115,6 +180,7 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
                 "layouts": ctx.layouts,
                 "seed": ctx.seed,
                 "set": ctx.options,
+                "cases": list(cases) if cases else None,
             },
             "model": ctx.model.summary(),
         },
@@ -122,7 +188,7 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
         "method": method_block(cuda=ctx.cuda, warmup=ctx.warmup, samples=ctx.samples),
         "cases": ctx.done,
     }
-    planned = plan_all(benches, ctx)
+    planned = select_cases(plan_all(benches, ctx), cases, ctx.cuda)
     try:
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -135,6 +201,8 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
                     ctx.done.append(case)
                     bar.advance(task)
                     continue
+                if ctx.done and ctx.done[-1]["bench"] != bench.key:
+                    release_pinned()  # pinned pools are reused within one benchmark only
                 bar.update(task, case=f"{bench.key}: {case.name}")
                 ctx.done.append(run_case(bench, case, ctx))
                 bar.advance(task)
@@ -147,6 +215,7 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
         doc["run"]["status"] = "interrupted"
         raise
     finally:
+        release_pinned()
         doc["run"]["finished_utc"] = _utc()
         if doc["run"]["status"] == "running":
             doc["run"]["status"] = "failed"
@@ -155,9 +224,12 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
 
 
 def make_nvme_workdir(base: str | None) -> tuple[Path, bool]:
-    """The folder NVMe files go in: --nvme-dir (validated) or a private temp dir that
-    the caller must remove. Returns (path, owned)."""
-    from kvbench.tiers.nvme import NVME_MARGIN_MIN_BYTES, NvmeTier
+    """The folder NVMe files go in: --nvme-dir (validated) or a private temp dir, which
+    the caller must remove, inside the first disk-backed default candidate
+    (kvbench.tiers.nvme.default_nvme_dir: $KVBENCH_NVME_DIR, $TMPDIR, /var/tmp, /tmp,
+    the current directory; /tmp may be tmpfs or an overlay on a GPU machine). Why it
+    was chosen goes to the environment block. Returns (path, owned)."""
+    from kvbench.tiers.nvme import NVME_MARGIN_MIN_BYTES, NvmeTier, default_nvme_dir, record_choice
 
     if base is not None:
         tier = NvmeTier(base)
@@ -167,12 +239,15 @@ def make_nvme_workdir(base: str | None) -> tuple[Path, bool]:
                 f"nvme directory {base} is on a full disk ({shutil.disk_usage(base).free:,} B free; "
                 f"kvbench keeps {NVME_MARGIN_MIN_BYTES:,} B or 5% free and needs "
                 f"{MIN_NVME_FREE_BYTES:,} B beyond that)")
+        record_choice(base, "given by --nvme-dir")
         return Path(base), False
-    return Path(tempfile.mkdtemp(prefix="kvbench-nvme-")), True
-
-
-#: the smallest free space (beyond the tier's margin) worth starting a run with
-MIN_NVME_FREE_BYTES = 64 << 20
+    choice = default_nvme_dir()
+    try:
+        path = Path(tempfile.mkdtemp(prefix="kvbench-nvme-", dir=choice.path))
+    except OSError as exc:
+        raise KvbenchError(f"cannot create a folder in {choice.path}: {exc.strerror}") from None
+    record_choice(path, choice.reason)
+    return path, True
 
 
 def check_pages_fit(model: Any, formats: list[str], tokens: int, layouts: list[str],

@@ -94,7 +94,10 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 
             enqueue.append(time.perf_counter() - t0)
     torch.cuda.synchronize()
     rate = sleep_cycles_per_s() if ahead else 0.0
-    sleep_s = min(MAX_AHEAD_S, 2 * max(enqueue or [1e-3]) + 1e-3) if ahead else 0.0
+    # sized from the quickest warm-up enqueue (the first may include Triton's compile),
+    # then from each hidden sample's own enqueue; a sample the GPU caught up with is
+    # retaken behind a sleep four times longer
+    sleep_s = min(MAX_AHEAD_S, 2 * min(enqueue or [1e-3]) + 1e-3) if ahead else 0.0
     out: list[float] = []
     hidden = 0
     for _ in range(samples):
@@ -117,6 +120,8 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 
             end.synchronize()
             if not ahead or pending:
                 hidden += pending
+                if pending:
+                    sleep_s = min(MAX_AHEAD_S, 2 * enqueue[-1] + 1e-3)
                 break
             sleep_s = min(MAX_AHEAD_S, 4 * sleep_s)  # the GPU caught up with the host
         out.append(start.elapsed_time(end) / 1e3)

@@ -73,7 +73,7 @@ def test_info_model_table():
 
 def test_run_roundtrip_writes_valid_result(tmp_path):
     out = tmp_path / "r.json"
-    r = kvbench("run", "--bench", "roundtrip", "--no-progress", "-o", str(out),
+    r = kvbench("run", "--quick", "--bench", "roundtrip", "--no-progress", "-o", str(out),
                 "--nvme-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     d = load(out)
@@ -99,7 +99,7 @@ def test_interrupt_leaves_no_temp_files_and_no_half_json(tmp_path, sig):
     nv.mkdir()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.Popen(
-        [sys.executable, "-m", "kvbench", "run", "--bench", "roundtrip", "--layout", "layer",
+        [sys.executable, "-m", "kvbench", "run", "--quick", "--bench", "roundtrip", "--layout", "layer",
          "--set", "roundtrip.pages=20000", "-o", str(out), "--nvme-dir", str(nv)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 60

@@ -62,7 +62,7 @@ def test_ahead_retakes_a_sample_the_gpu_caught_up_with(fake_cuda):
     out = timing.time_cuda(lambda: calls.append(1), warmup=1, samples=2, ahead=True, info=info)
     assert len(out) == 2
     assert len(calls) == 1 + 3  # warm-up, sample 1 twice, sample 2 once
-    assert len(fake_cuda) == 3 and fake_cuda[1] == 4 * fake_cuda[0]  # the sleep grew
+    assert len(fake_cuda) == 3 and fake_cuda[1] == pytest.approx(4 * fake_cuda[0], rel=1e-3)  # grew
     assert info["hidden_samples"] == 2 and info["samples"] == 2
     assert "2 of 2 samples" in timing.ahead_note(info)
 

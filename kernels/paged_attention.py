@@ -241,10 +241,17 @@ def choose_splits(batch: int, heads: int, max_blocks: int, device: torch.device,
     return 1 << (max(1, want).bit_length() - 1)  # round down to a power of two
 
 
+#: the largest page the kernel takes: a one-page tile of 1024 tokens needs ~808 KiB of
+#: shared memory on sm_90 (limit 227 KiB; the sm_90 compile test found it), 256 fits
+MAX_PAGE_TOKENS = 256
+
+
 def check_shape(tokens: int, head_dim: int) -> None:
-    """The kernel's tl.arange needs power-of-two page and head sizes."""
-    if tokens < 16 or tokens & (tokens - 1):
-        raise ValueError(f"paged decode needs a power-of-two page of at least 16 tokens, not {tokens}")
+    """The kernel's tl.arange needs power-of-two page and head sizes, and a page's tile
+    must fit in shared memory."""
+    if tokens < 16 or tokens & (tokens - 1) or tokens > MAX_PAGE_TOKENS:
+        raise ValueError("paged decode needs a power-of-two page of 16 to "
+                         f"{MAX_PAGE_TOKENS} tokens, not {tokens}")
     if head_dim < 16 or head_dim & (head_dim - 1):
         raise ValueError(f"paged decode needs a power-of-two head_dim >= 16, not {head_dim}")
 

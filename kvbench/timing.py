@@ -60,10 +60,14 @@ def sleep_cycles_per_s() -> float:
 
 def ahead_note(info: dict[str, Any]) -> str:
     """What ``ahead`` timing ensured, for a case's notes."""
-    return (f"host enqueue {info['enqueue_s'] * 1e3:.2f} ms (median) ran behind a GPU sleep of "
+    text = (f"host enqueue {info['enqueue_s'] * 1e3:.2f} ms (median) ran behind a GPU sleep of "
             f"{info['sleep_s'] * 1e3:.1f} ms; in {info['hidden_samples']} of {info['samples']} "
             "samples the GPU had not reached the start event when the enqueue returned, so "
             "those timed regions hold device work only (no host gaps)")
+    if info.get("host_bound"):
+        text += ("; the host was held back by the GPU (more operations than CUDA queues per "
+                 "stream, ~1000): the other samples are bound by the host's enqueue rate")
+    return text
 
 
 def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 1,
@@ -100,11 +104,12 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 
     sleep_s = min(MAX_AHEAD_S, 2 * min(enqueue or [1e-3]) + 1e-3) if ahead else 0.0
     out: list[float] = []
     hidden = 0
+    blocked = False
     for _ in range(samples):
         if setup:
             setup()
             torch.cuda.synchronize()
-        for attempt in range(4 if ahead else 1):
+        for attempt in range(4 if ahead and not blocked else 1):
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             with torch.cuda.stream(stream):
@@ -115,19 +120,25 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 
                 for _ in range(inner):
                     fn()
                 enqueue.append(time.perf_counter() - t0)
-                pending = ahead and not start.query()
                 end.record(stream)
+            pending = ahead and not start.query()  # after end.record: nothing untimed after
             end.synchronize()
             if not ahead or pending:
                 hidden += pending
                 if pending:
                     sleep_s = min(MAX_AHEAD_S, 2 * enqueue[-1] + 1e-3)
                 break
+            if enqueue[-1] >= sleep_s:
+                # the host was held back by the GPU (a full launch queue: CUDA keeps ~1000
+                # pending operations per stream; or a sync inside fn): no sleep can hide
+                # that, so keep the sample and the rest, counted as not hidden, unretaken
+                blocked = True
+                break
             sleep_s = min(MAX_AHEAD_S, 4 * sleep_s)  # the GPU caught up with the host
         out.append(start.elapsed_time(end) / 1e3)
     if info is not None:
         info.update(enqueue_s=sorted(enqueue)[len(enqueue) // 2] if enqueue else 0.0,
-                    sleep_s=sleep_s, hidden_samples=hidden, samples=samples)
+                    sleep_s=sleep_s, hidden_samples=hidden, samples=samples, host_bound=blocked)
     return out
 
 
@@ -169,8 +180,8 @@ def time_cuda_pair(fa: Callable[[], Any], sa: Any, fb: Callable[[], Any], sb: An
         enqueue.append(time.perf_counter() - t0)
         pending = ahead and not ev[4].query()
         torch.cuda.synchronize()
-        if ahead:
-            sleep_s = min(MAX_AHEAD_S, max(sleep_s, 2 * enqueue[-1] + 1e-3))
+        if ahead:  # from the latest enqueue: the first one may include Triton's compile
+            sleep_s = min(MAX_AHEAD_S, 2 * enqueue[-1] + 1e-3)
         if i < warmup:
             continue
         hidden += pending
@@ -227,7 +238,10 @@ def capture_graph(fn: Callable[[], Any]) -> Any:
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    # the outer stream context restores the current stream even when an invalidated
+    # capture makes torch.cuda.graph's exit raise before it restores its own
+    with torch.cuda.stream(torch.cuda.current_stream()):
+        with torch.cuda.graph(graph):
+            fn()
     torch.cuda.synchronize()
     return graph

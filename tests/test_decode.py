@@ -122,6 +122,9 @@ def test_head_dim_must_be_a_power_of_two():
         pa.check_shape(16, 96)
     with pytest.raises(ValueError, match="page"):
         pa.check_shape(24, 128)
+    with pytest.raises(ValueError, match="page"):
+        pa.check_shape(1024, 128)  # a 1024-token tile overflows sm_90 shared memory
+    pa.check_shape(pa.MAX_PAGE_TOKENS, 128)
 
 
 def test_reference_is_softmax_attention():

@@ -85,3 +85,21 @@ def test_pair_counts_warmup_exactly(fake_cuda):
 class FakeStream:
     def wait_event(self, e):
         pass
+
+
+def test_ahead_keeps_a_sample_whose_host_was_held_back(fake_cuda):
+    """A host enqueue longer than the sleep (a full launch queue blocks the host until
+    the GPU drains it) cannot be hidden: one attempt, counted as not hidden."""
+    import time as _t
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        _t.sleep(0.02)  # longer than the 2 x (quick warm-up) + 1 ms sleep below
+    FakeEvent.script = [True] * 8
+    info = {}
+    timing.time_cuda(lambda: calls.append(0), warmup=1, samples=0, ahead=True)
+    calls.clear()
+    timing.time_cuda(slow, warmup=0, samples=2, ahead=True, info=info)
+    assert len(calls) == 2 and info["hidden_samples"] == 0

@@ -245,7 +245,8 @@ def _autotune(ctx: RunContext, make_layer: Callable[[Any], Callable[[], Any]]
     timed: dict[str, float] = {}
     best, best_s = None, float("inf")
     for t in _tiles(ctx):
-        secs = time_cuda(make_layer(t), warmup=1, samples=3, inner=4, ahead=True)
+        # two warm-ups: the first compiles, the second sizes the GPU sleep
+        secs = time_cuda(make_layer(t), warmup=2, samples=3, inner=4, ahead=True)
         med = summarize(secs)["median"] / 4
         timed["x".join(map(str, t.describe().values()))] = med
         if med < best_s:
@@ -253,31 +254,44 @@ def _autotune(ctx: RunContext, make_layer: Callable[[Any], Callable[[], Any]]
     return best, timed
 
 
-def _timed_step(ctx: RunContext, step: Callable[[], Any]) -> tuple[list[float], dict, list[str]]:
-    """One decode step timed as device work: replayed from a CUDA graph; and issued
-    eagerly from Python (prepared launches behind a GPU sleep) for the launch overhead.
-    Falls back to the eager figure, said in the notes, if capture fails."""
+def _timed_step(ctx: RunContext, step: Callable[[], Any],
+                poison: Callable[[], Any] | None = None) -> tuple[list[float], dict, list[str]]:
+    """One decode step timed as device work: replayed from a CUDA graph behind a GPU
+    sleep. The same step issued eagerly from Python (no sleep: launch gaps included) is
+    timed too, and the difference of medians is the launch overhead. ``poison`` (e.g.
+    filling the output with NaN) runs before one last replay, so the verification that
+    follows checks what the graph computed. Falls back to the eager figure, said in the
+    notes, if capture fails (the step then runs once more eagerly for verification)."""
+    import torch
+
     from kvbench.timing import ahead_note, capture_graph, time_cuda
 
-    info: dict[str, Any] = {}
-    eager = time_cuda(step, warmup=ctx.warmup, samples=ctx.samples, ahead=True, info=info)
-    extra = {"eager_step_s": summarize(eager)["median"], "host_enqueue_s": info["enqueue_s"]}
+    eager = time_cuda(step, warmup=ctx.warmup, samples=ctx.samples)
+    extra = {"eager_step_s": summarize(eager)["median"]}
     try:
         graph = capture_graph(step)
     except Exception as exc:  # noqa: BLE001 - any capture failure: report, time eagerly
+        torch.cuda.synchronize()
+        step()
+        torch.cuda.synchronize()
         return eager, extra, [f"CUDA graph capture failed ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); step_s is the "
-                              f"eager step: {ahead_note(info)}"]
-    secs = time_cuda(graph.replay, warmup=1, samples=ctx.samples)
+                              "eager step (launch gaps included)"]
+    info: dict[str, Any] = {}
+    secs = time_cuda(graph.replay, warmup=1, samples=ctx.samples, ahead=True, info=info)
+    if poison is not None:
+        poison()
+        graph.replay()
+    torch.cuda.synchronize()
     graph = None
     extra["launch_overhead_s"] = extra["eager_step_s"] - summarize(secs)["median"]
     return secs, extra, [
-        "step_s: the step replayed from a CUDA graph (device work only); eager_step_s: the "
-        f"same launches issued from Python ({ahead_note(info)}); launch_overhead_s: "
-        "eager minus graph, difference of medians"]
+        f"step_s: the step replayed from a CUDA graph ({ahead_note(info)}); eager_step_s: the "
+        "same prepared launches issued from Python, launch gaps included; "
+        "launch_overhead_s: eager minus graph, difference of medians"]
 
 
-_STEP_UNITS = {"eager_step_s": "s", "host_enqueue_s": "s", "launch_overhead_s": "s"}
+_STEP_UNITS = {"eager_step_s": "s", "launch_overhead_s": "s"}
 
 
 def _verify(cache: Cache, out, pool, table) -> float:
@@ -370,7 +384,7 @@ def hbm_case(ctx: RunContext, fmt: str, batch: int, context: int, fused: bool) -
     tables = [cache.table(l * cache.BP, "cuda") for l in range(nres)]
     tile, tuned = _autotune(ctx, lambda t: _layer_fn(cache, pool, tables[0], not fused, t))
     step, ws = _kernel_step(cache, pool, tables, unfused=not fused, layers_resident=nres, tile=tile)
-    secs, extra, notes = _timed_step(ctx, step)
+    secs, extra, notes = _timed_step(ctx, step, lambda: ws["out"].fill_(float("nan")))
     extra["rel_err"] = _verify(cache, ws["out"], pool, tables[(cache.L - 1) % nres])
     notes.append(f"{nres} of {cache.L} layers resident (distinct pages), kernels cycle over them; "
                  "every step still reads L x the per-layer bytes from HBM")
@@ -589,7 +603,7 @@ def zero_copy_case(ctx: RunContext, fmt: str, batch: int, context: int) -> dict:
     tables = [cache.table(l * cache.BP, "cuda") for l in range(cache.L)]
     tile = _tuned_tile(ctx, fmt)
     step, ws = _kernel_step(cache, host, tables, zero_copy=True, tile=tile)
-    secs, extra, notes = _timed_step(ctx, step)
+    secs, extra, notes = _timed_step(ctx, step, lambda: ws["out"].fill_(float("nan")))
     torch.cuda.synchronize()
     extra["rel_err"] = _verify(cache, ws["out"], host, tables[-1].cpu())
     cfg = _cfg(ctx, "dram_zero_copy", fmt, batch, context, True, tile=tile.describe())

@@ -39,6 +39,8 @@ SWEEP_TOKENS_QUICK = (16, 64, 256, 1024)
 #: a paged figure above its ceiling by more than this gets a note (not an error: a
 #: ceiling is a measurement too, and a virtual or host-cached disk varies between reads)
 CEILING_TOLERANCE = 1.05
+#: bidirectional per_page copies alternate between the two streams every this many pages
+PER_PAGE_CHUNK = 256
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -271,7 +273,8 @@ def gpu_paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, token
     case = make_case(BENCH_KEY, _name(direction, spec, method, kind=kind), cfg,
                      samples={"gbps": _gbps(nbytes, secs), "seconds": secs},
                      units={"gbps": "GB/s", "seconds": "s", "host_enqueue_s": "s"},
-                     metrics={"host_enqueue_s": ahead["enqueue_s"]}, notes=notes)
+                     metrics={"host_enqueue_s": ahead["enqueue_s"], "host_bound": ahead["host_bound"]},
+                     notes=notes)
     return finish(ctx, case, direction)
 
 
@@ -285,19 +288,25 @@ def _bidir_paged(ctx: RunContext, spec: PageSpec, n: int, method: str, cfg: dict
         s1, s2 = _cuda_stream(), _cuda_stream()
         nbytes = n * spec.page_bytes
         if method == "per_page":
-            # each direction's pages are enqueued on its own stream in one loop, behind a
-            # GPU sleep that outlasts the whole enqueue: both directions run at once
+            # each direction's pages on its own stream, enqueued in alternating chunks of
+            # PER_PAGE_CHUNK pages (a stream switch per chunk, not per page; a chunk stays
+            # below CUDA's ~1000 queued operations per stream, so neither direction waits
+            # for the other's enqueue), behind a GPU sleep
             from kvbench.timing import time_cuda
 
-            up_copy = movers.per_page(up.src.tensor, up.dst.tensor, up.src_ids, up.dst_ids, spec.page_bytes)
-            down_copy = movers.per_page(down.src.tensor, down.dst.tensor, down.src_ids,
-                                        down.dst_ids, spec.page_bytes)
+            pb = spec.page_bytes
+            k = PER_PAGE_CHUNK
+            chunks = [(movers.per_page(up.src.tensor, up.dst.tensor, up.src_ids[i:i + k],
+                                       up.dst_ids[i:i + k], pb),
+                       movers.per_page(down.src.tensor, down.dst.tensor, down.src_ids[i:i + k],
+                                       down.dst_ids[i:i + k], pb)) for i in range(0, n, k)]
 
             def both() -> None:
                 s2.wait_stream(s1)  # after the start event
-                up_copy()  # on s1, the timed stream
-                with torch.cuda.stream(s2):
-                    down_copy()
+                for up_copy, down_copy in chunks:
+                    up_copy()  # on s1, the timed stream
+                    with torch.cuda.stream(s2):
+                        down_copy()
                 s1.wait_stream(s2)
             info: dict[str, Any] = {}
             secs = time_cuda(both, warmup=ctx.warmup, samples=ctx.samples, stream=s1,

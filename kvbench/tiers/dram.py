@@ -142,6 +142,24 @@ def _cuda_error_text(rt: Any, err: int) -> str:
         return f"cudaError {err}"
 
 
+def _clear_last_cuda_error(rt: Any) -> None:
+    """Reset the CUDA runtime's sticky last error after a refused registration: torch
+    checks cudaGetLastError after its next kernel launch and would blame that launch
+    (an unrelated case) for it. torch's cudart binding, else libcudart as loaded."""
+    fn = getattr(rt, "cudaGetLastError", None)
+    if fn is not None:
+        fn()
+        return
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "libcudart.so" in line}
+        for path in libs:
+            ctypes.CDLL(path).cudaGetLastError()
+            return
+    except OSError:
+        pass  # nothing more to do: the refusal itself is still reported
+
+
 def cuda_host_register(addr: int, nbytes: int) -> None:
     """Page-lock [addr, addr + nbytes) for CUDA (cudaHostRegister, through torch's
     cudart bindings); TierUnavailable with CUDA's message when refused."""
@@ -153,7 +171,9 @@ def cuda_host_register(addr: int, nbytes: int) -> None:
         raise TierUnavailable(f"cannot pin host memory: {str(exc).splitlines()[0]}") from None
     err = int(rt.cudaHostRegister(addr, nbytes, HOST_REGISTER_FLAGS))
     if err != 0:
-        raise TierUnavailable(f"cudaHostRegister of {nbytes:,} B failed: {_cuda_error_text(rt, err)}")
+        text = _cuda_error_text(rt, err)
+        _clear_last_cuda_error(rt)
+        raise TierUnavailable(f"cudaHostRegister of {nbytes:,} B failed: {text}")
 
 
 def cuda_host_unregister(addr: int) -> None:

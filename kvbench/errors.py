@@ -14,3 +14,8 @@ class KvbenchError(Exception):
 
 class TierUnavailable(KvbenchError):
     """A tier cannot be used on this machine, or cannot hold what was asked."""
+
+
+class Skip(Exception):
+    """Raised by a case (or a mover it uses) that cannot run here; the message is the
+    reason, recorded in the result. Not an error: the run goes on."""

@@ -20,7 +20,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
-from kvbench.bench import Skip
+from kvbench.errors import Skip
 from kvbench.tiers.nvme import FileBuffer, host_buffer
 
 TORCH_METHODS = ("per_page", "batched", "coalesced", "triton")

@@ -12,7 +12,8 @@ import torch
 
 from kvbench import movers
 from kvbench.bench import RunContext
-from kvbench.bench.transfer import _label_cache, finish
+from kvbench.measure import check_limits as finish
+from kvbench.measure import label_cache as _label_cache
 from kvbench.kernels_loader import load_kernels
 from kvbench.results import load, make_case
 from kvbench.spec import PageSpec, get_format, load_model

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from kvbench.errors import Skip  # noqa: F401 - benchmarks raise it as kvbench.bench.Skip
+
 #: Registry keys in the order a full run takes them.
 BENCH_MODULES = ("roundtrip", "transfer", "accuracy", "decode", "prefix")
 
@@ -22,8 +24,6 @@ BENCH_MODULES = ("roundtrip", "transfer", "accuracy", "decode", "prefix")
 DEFAULT_BENCHES = ("roundtrip", "transfer", "accuracy", "decode", "prefix")
 
 
-class Skip(Exception):
-    """Raised by a case that cannot run here; the message is the reason, recorded."""
 
 
 @dataclass

@@ -537,6 +537,10 @@ def prefetch_case(ctx: RunContext, fmt: str, batch: int, context: int, placement
                     "overlapped with HBM reads"] + extra_notes, {"rel_err": err})
 
 
+def _nvme_threads(ctx: RunContext) -> int:
+    return ctx.opt("decode.nvme.threads", 4 if ctx.quick else 32, int)
+
+
 def _nvme_pipeline(ctx, cache, enqueue_layer, R):
     """A file holding every layer's pages, layer-contiguous; per layer: O_DIRECT threads
     read the layer's region (4 MiB requests) into a pinned slot, one H2D copy moves it
@@ -544,7 +548,7 @@ def _nvme_pipeline(ctx, cache, enqueue_layer, R):
     import torch
 
     from kvbench import movers
-    from kvbench.bench.transfer import _gbps, threads_sweep
+    from kvbench.measure import gbps as _gbps
     from kvbench.store import PagePool
     from kvbench.tiers.dram import aligned_host_empty
     from kvbench.timing import time_host
@@ -554,7 +558,7 @@ def _nvme_pipeline(ctx, cache, enqueue_layer, R):
     stride = pool.stride
     region = cache.BP * stride
     f = pool.file()
-    tp = ThreadPoolExecutor(max(threads_sweep(ctx)))
+    tp = ThreadPoolExecutor(_nvme_threads(ctx))
     pinned = [aligned_host_empty(region, pin=True).view(cache.BP, stride) for _ in range(R)]
     pinned[0].zero_()
     _fill(pinned[0], cache.templates.cpu())
@@ -774,6 +778,7 @@ BENCH = Benchmark(
         'decode.dram_zero_copy.shapes': 'batch x context pairs for placement dram_zero_copy, e.g. 64x8192,16x32768',
         'decode.nvme.shapes': 'batch x context pairs for placement nvme, e.g. 64x8192,16x32768',
         'decode.dram.shapes': 'batch x context pairs for placement dram, e.g. 64x8192,16x32768',
+        'decode.nvme.threads': 'O_DIRECT reader threads for placement nvme (default 4 quick, 32 full)',
         'decode.hot_window': 'tokens per sequence kept in HBM for placement hot_window (default 1024)',
         'decode.tiles': 'decode-kernel tiles the hbm autotune tries, pages-per-step x warps x stages, '
                         'e.g. 1x4x3,4x8x2 (default: every choice the kernel offers for the page size)',

@@ -505,7 +505,7 @@ def nvme_case(ctx: RunContext, tokens: int) -> dict[str, Any]:
     other fills."""
     import torch
 
-    from kvbench.bench.transfer import _label_cache
+    from kvbench.measure import label_cache as _label_cache
     from kvbench.store import PagePool
     from kvbench.tiers.dram import aligned_host_empty
 
@@ -615,9 +615,9 @@ def _load_result(ctx: RunContext, cfg: dict[str, Any], tokens: int, spec: PageSp
                              "(whole pages; block pages hold every layer for every token)")
     _vs_recompute(ctx, case, tokens)
     if ctx.cuda:
-        from kvbench.bench.transfer import finish
+        from kvbench.measure import check_limits
 
-        finish(ctx, case, direction)
+        check_limits(ctx, case, direction)
         if cfg["source"] == "dram" and ctx.model.name == PUBLISHED_MODEL:
             lo, hi = PUBLISHED_CPU_LOAD_SPEEDUP
             case["notes"].append(f"published: time to first token with the prefix loaded from CPU vs "

@@ -23,6 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from kvbench import movers
+from kvbench.measure import check_limits as finish
+from kvbench.measure import gbps as _gbps
+from kvbench.measure import label_cache as _label_cache
 from kvbench.bench import Benchmark, Case, RunContext, Skip, odirect_tier_or_skip, tier_or_skip
 from kvbench.results import make_case, skipped_case, summarize
 from kvbench.timing import ahead_note
@@ -36,9 +39,6 @@ FILE_DIRECTIONS = ("nvme->dram", "dram->nvme")
 SWEEP_TOKENS = (16, 32, 64, 128, 256, 512, 1024)
 SWEEP_TOKENS_QUICK = (16, 64, 256, 1024)
 
-#: a paged figure above its ceiling by more than this gets a note (not an error: a
-#: ceiling is a measurement too, and a virtual or host-cached disk varies between reads)
-CEILING_TOLERANCE = 1.05
 #: bidirectional per_page copies alternate between the two streams every this many pages
 PER_PAGE_CHUNK = 256
 
@@ -62,62 +62,6 @@ def _pages_for(spec: PageSpec, nbytes: int) -> int:
 
 def _rng(ctx: RunContext, *key: Any) -> random.Random:
     return random.Random(f"{ctx.seed}/{'/'.join(map(str, key))}")
-
-
-def _gbps(nbytes: int, seconds: list[float]) -> list[float]:
-    return [nbytes / s / GB for s in seconds]
-
-
-# ----------------------------------------------------------------------------- limits
-def pcie_limit(ctx: RunContext) -> float | None:
-    gpus = ctx.environment.get("gpus") or []
-    return gpus[0].get("pcie_limit_gbps_per_direction") if gpus else None
-
-
-def physical_limit(ctx: RunContext, direction: str) -> float | None:
-    """GB/s no correct measurement can exceed, where the machine tells us one."""
-    link = pcie_limit(ctx)
-    if direction in ("dram->hbm", "hbm->dram", "nvme->hbm") and link:
-        return link
-    if direction == "dram<->hbm" and link:
-        return 2 * link
-    return None
-
-
-def ceiling_for(ctx: RunContext, direction: str) -> float | None:
-    for c in ctx.done:
-        if (c["bench"] == BENCH_KEY and c["status"] == "ok"
-                and c["config"].get("kind") == "ceiling" and c["config"]["direction"] == direction):
-            return c["metrics"]["gbps"]
-    return None
-
-
-def finish(ctx: RunContext, case: dict[str, Any], direction: str,
-           ceiling: float | None = None) -> dict[str, Any]:
-    """Add % of ceiling and % of the physical limit; flag figures above the limit."""
-    gbps = case["metrics"]["gbps"]
-    ceiling = ceiling if ceiling is not None else (
-        ceiling_for(ctx, direction) if case["config"].get("kind") != "ceiling" else None)
-    if ceiling:
-        case["metrics"]["ceiling_gbps"] = ceiling
-        case["metrics"]["pct_of_ceiling"] = 100.0 * gbps / ceiling
-        case["units"].update(ceiling_gbps="GB/s", pct_of_ceiling="%")
-        if gbps > CEILING_TOLERANCE * ceiling:
-            cv = case["stats"].get("ceiling_gbps", {}).get("cv")
-            spread = f" (the ceiling's own cv is {cv:.0%})" if cv is not None else ""
-            case["notes"].append(
-                f"above its ceiling by {gbps / ceiling - 1:.0%}{spread}: the ceiling is measured "
-                "too, and this device's rate varies between back-to-back runs")
-    limit = physical_limit(ctx, direction)
-    if limit:
-        case["metrics"]["physical_limit_gbps"] = limit
-        case["metrics"]["pct_of_physical_limit"] = 100.0 * gbps / limit
-        case["units"].update(physical_limit_gbps="GB/s", pct_of_physical_limit="%")
-        if gbps > limit:
-            case["status"] = "error"
-            case["reason"] = (f"measured {gbps:.1f} GB/s is above the physical limit "
-                              f"{limit:.1f} GB/s: a measurement bug")
-    return case
 
 
 # ----------------------------------------------------------------------------- GPU cases
@@ -460,21 +404,6 @@ def overlap_case(ctx: RunContext, direction: str, method: str) -> dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- file cases
-def _label_cache(case: dict[str, Any], resident: list[float], want: str) -> None:
-    """Record page-cache residency before each sample; a 'cold' case whose pages stayed
-    resident is relabelled warm, never reported as cold."""
-    worst = max(resident) if resident else 1.0
-    case["metrics"]["resident_fraction_max"] = worst
-    case["units"]["resident_fraction_max"] = "fraction of file pages in page cache before a sample"
-    state = want
-    if want == "cold" and worst > 0.01:
-        state = "warm"
-        case["notes"].append(f"asked cold, but up to {worst:.1%} of the file stayed in the page "
-                             "cache after fdatasync + POSIX_FADV_DONTNEED: labelled warm")
-    case["config"]["cache_state"] = state
-    case["notes"].append(f"{state}: at most {worst:.1%} of the file resident before each sample")
-
-
 def _fill_file_pool(pool: Any, n_total: int, page_bytes: int, odirect: bool):
     """Write random data to every page of a file pool (so sequential reads touch real
     written blocks, never unwritten extents that read as zeros without I/O)."""

@@ -1,0 +1,95 @@
+"""What every benchmark's figures pass through: GB/s arithmetic, the physical limits a
+correct figure cannot exceed, the same-run ceiling a case is compared with, and honest
+page-cache residency labels. Benchmarks import this, never each other. No torch.
+
+GB = 1e9 bytes throughout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvbench.units import GB
+
+#: the benchmark whose ``kind: ceiling`` cases other benchmarks' cases are compared with
+CEILING_BENCH = "transfer"
+#: a figure above its ceiling by more than this gets a note (not an error: a ceiling is
+#: a measurement too, and a virtual or host-cached disk varies between reads)
+CEILING_TOLERANCE = 1.05
+#: the largest page-cache share (of a file's pages) a read may start with and be "cold"
+COLD_RESIDENT_MAX = 0.01
+
+
+def gbps(nbytes: int, seconds: list[float]) -> list[float]:
+    """GB/s (1e9 B/s) of moving ``nbytes`` in each of ``seconds``."""
+    return [nbytes / s / GB for s in seconds]
+
+
+def pcie_limit(ctx: Any) -> float | None:
+    """The first GPU's PCIe limit per direction (GB/s, from NVML), if known."""
+    gpus = ctx.environment.get("gpus") or []
+    return gpus[0].get("pcie_limit_gbps_per_direction") if gpus else None
+
+
+def physical_limit(ctx: Any, direction: str) -> float | None:
+    """GB/s no correct measurement of ``direction`` can exceed, where the machine tells
+    us one (the PCIe link for host<->device; both directions at once: twice that)."""
+    link = pcie_limit(ctx)
+    if direction in ("dram->hbm", "hbm->dram", "nvme->hbm") and link:
+        return link
+    if direction == "dram<->hbm" and link:
+        return 2 * link
+    return None
+
+
+def ceiling_for(ctx: Any, direction: str) -> float | None:
+    """The same run's contiguous-copy ceiling (GB/s) for ``direction``, if measured."""
+    for c in ctx.done:
+        if (c["bench"] == CEILING_BENCH and c["status"] == "ok"
+                and c["config"].get("kind") == "ceiling" and c["config"]["direction"] == direction):
+            return c["metrics"]["gbps"]
+    return None
+
+
+def check_limits(ctx: Any, case: dict[str, Any], direction: str,
+                 ceiling: float | None = None) -> dict[str, Any]:
+    """Add % of ceiling (``ceiling``, else the run's ceiling for the direction) and % of
+    the physical limit to a case with a ``gbps`` metric; a figure above the physical
+    limit makes the case an error (a measurement bug), one above its ceiling gets a note."""
+    value = case["metrics"]["gbps"]
+    ceiling = ceiling if ceiling is not None else (
+        ceiling_for(ctx, direction) if case["config"].get("kind") != "ceiling" else None)
+    if ceiling:
+        case["metrics"]["ceiling_gbps"] = ceiling
+        case["metrics"]["pct_of_ceiling"] = 100.0 * value / ceiling
+        case["units"].update(ceiling_gbps="GB/s", pct_of_ceiling="%")
+        if value > CEILING_TOLERANCE * ceiling:
+            cv = case["stats"].get("ceiling_gbps", {}).get("cv")
+            spread = f" (the ceiling's own cv is {cv:.0%})" if cv is not None else ""
+            case["notes"].append(
+                f"above its ceiling by {value / ceiling - 1:.0%}{spread}: the ceiling is measured "
+                "too, and this device's rate varies between back-to-back runs")
+    limit = physical_limit(ctx, direction)
+    if limit:
+        case["metrics"]["physical_limit_gbps"] = limit
+        case["metrics"]["pct_of_physical_limit"] = 100.0 * value / limit
+        case["units"].update(physical_limit_gbps="GB/s", pct_of_physical_limit="%")
+        if value > limit:
+            case["status"] = "error"
+            case["reason"] = (f"measured {value:.1f} GB/s is above the physical limit "
+                              f"{limit:.1f} GB/s: a measurement bug")
+    return case
+
+
+def label_cache(case: dict[str, Any], resident: list[float], want: str) -> None:
+    """Record page-cache residency before each sample; a 'cold' case whose pages stayed
+    resident is relabelled warm, never reported as cold."""
+    worst = max(resident) if resident else 1.0
+    case["metrics"]["resident_fraction_max"] = worst
+    case["units"]["resident_fraction_max"] = "fraction of file pages in page cache before a sample"
+    state = want
+    if want == "cold" and worst > COLD_RESIDENT_MAX:
+        state = "warm"
+        case["notes"].append(f"asked cold, but up to {worst:.1%} of the file stayed in the page "
+                             "cache after fdatasync + POSIX_FADV_DONTNEED: labelled warm")
+    case["config"]["cache_state"] = state
+    case["notes"].append(f"{state}: at most {worst:.1%} of the file resident before each sample")

@@ -43,7 +43,7 @@ def fmt_code(name: str) -> int:
 def _load_tile(VALS, SCU, page, page_stride, vals_off, sc_off, slot, dim, tmask,
                h, H: tl.constexpr, D: tl.constexpr, FMT: tl.constexpr, INTERP: tl.constexpr):
     """[TILE, D] fp32 tile of one K or V tensor of one head: row r is token slot[r] of
-    page[r] (a tile spans PAGES_PER_STEP pages). Decoded values times their in-page
+    page[r] (a tile may span several pages). Decoded values times their in-page
     *block* scale (token-head fp32 scales are applied by the caller). VALS is the pool
     viewed as the value type (fp16/bf16 -> 2-byte elements; else bytes).
     """
@@ -87,20 +87,18 @@ def _paged_decode_kernel(
     side_k, side_v, sm_scale, blocks_per_split, num_splits,
     T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
     FMT: tl.constexpr, HEAD_SIDE: tl.constexpr, HAS_SIDE: tl.constexpr,
-    PAGES_PER_STEP: tl.constexpr, INTERP: tl.constexpr,
+    TILE: tl.constexpr, INTERP: tl.constexpr,
 ):
     """Program (b, h, split): query heads of KV head h of sequence b over the split's
-    pages, PAGES_PER_STEP pages (PAGES_PER_STEP x T tokens) per loop step; writes the
-    split's unnormalised output and (max, sum) to the partial buffers."""
+    pages, TILE tokens per loop step (several small pages, or part of a large one);
+    writes the split's unnormalised output and (max, sum) to the partial buffers."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.program_id(2)
     seqlen = tl.load(LENS + b)
     g = tl.arange(0, GP)
     dim = tl.arange(0, D)
-    tok = tl.arange(0, PAGES_PER_STEP * T)
-    slot = tok % T
-    page_in_step = tok // T
+    rows = tl.arange(0, TILE)
     gmask = g < G
     q = tl.load(Q + (b * (H * G) + h * G + g)[:, None] * D + dim[None, :],
                 mask=gmask[:, None], other=0.0).to(tl.float32)
@@ -123,11 +121,12 @@ def _paged_decode_kernel(
     nblocks = tl.cdiv(seqlen, T)
     start = sp * blocks_per_split
     stop = tl.minimum(nblocks, start + blocks_per_split)
-    for blk0 in range(start, stop, PAGES_PER_STEP):
-        blk = blk0 + page_in_step                      # [TILE] page index of each row
-        bmask = blk < stop
-        page = tl.load(BT + b * bt_stride + blk, mask=bmask, other=0).to(tl.int64)
-        tmask = bmask & (blk * T + slot < seqlen)      # blk0 < stop: >= 1 live row
+    stop_tok = tl.minimum(seqlen, stop * T)  # an empty split (start >= stop) never loops
+    for pos0 in range(start * T, stop_tok, TILE):
+        tok = pos0 + rows                              # token positions of this step
+        tmask = tok < stop_tok                         # pos0 < stop_tok: >= 1 live row
+        slot = tok % T
+        page = tl.load(BT + b * bt_stride + tok // T, mask=tmask, other=0).to(tl.int64)
         k = _load_tile(K, SCU, page, k_page_stride, k_off, ksc_off_u, slot, dim, tmask,
                        h, H, D, FMT, INTERP)
         v = _load_tile(V, SCU, page, v_page_stride, v_off, vsc_off_u, slot, dim, tmask,
@@ -194,26 +193,27 @@ def interpreting() -> bool:
 
 @dataclass(frozen=True)
 class DecodeTile:
-    """How the decode kernel walks the KV: pages per loop step (a step's tile is
-    pages_per_step x tokens-per-page rows), warps per program and software-pipeline
-    stages. Larger tiles give each load more bytes in flight."""
+    """How the decode kernel walks the KV: tokens per loop step (several small pages,
+    or part of a large one), warps per program and software-pipeline stages."""
 
-    pages_per_step: int = 1
+    tile_tokens: int = 16
     num_warps: int = 4
     num_stages: int = 3
 
     def describe(self) -> dict[str, int]:
-        return {"pages_per_step": self.pages_per_step, "num_warps": self.num_warps,
+        return {"tile_tokens": self.tile_tokens, "num_warps": self.num_warps,
                 "num_stages": self.num_stages}
 
 
-#: the default (one page per step, 4 warps, Triton's default 3 stages)
+#: the default (16 tokens per step, 4 warps, Triton's default 3 stages)
 DEFAULT_TILE = DecodeTile()
 #: the candidates a benchmark's autotune tries, and the set the sm_90 compile test
-#: compiles; tiles of more than MAX_TILE_TOKENS rows are dropped (registers spill)
-TILE_CHOICES = (DecodeTile(1, 4, 3), DecodeTile(2, 4, 2), DecodeTile(2, 4, 3),
-                DecodeTile(4, 4, 2), DecodeTile(4, 8, 2), DecodeTile(4, 8, 3))
-MAX_TILE_TOKENS = 64
+#: compiles. Rows per step stop at 64, and 64 rows take 8 warps: the compile test found
+#: 128+ row tiles spilling kilobytes of registers per thread with triton 3.6 (1024-row
+#: tiles over sm_90's shared memory), and 64 rows on 4 warps spilling 8.5 KB for mxfp4
+#: with triton 3.9
+TILE_CHOICES = (DecodeTile(16, 4, 3), DecodeTile(16, 4, 2), DecodeTile(32, 4, 2),
+                DecodeTile(32, 4, 3), DecodeTile(64, 8, 2), DecodeTile(64, 8, 3))
 #: split counts are powers of two up to this, so the merge kernel (SP constexpr)
 #: compiles at most log2(MAX_SPLITS) + 1 variants; the split count itself is a
 #: runtime argument of the decode kernel
@@ -221,10 +221,9 @@ MAX_SPLITS = 64
 
 
 def tile_choices(tokens: int) -> list[DecodeTile]:
-    """The autotune candidates for pages of ``tokens`` tokens: every choice whose tile
-    stays within MAX_TILE_TOKENS rows (one page per step always qualifies)."""
-    return [t for t in TILE_CHOICES
-            if t.pages_per_step == 1 or t.pages_per_step * tokens <= MAX_TILE_TOKENS]
+    """The autotune candidates for pages of ``tokens`` tokens: every choice (a step
+    reads whole small pages or a slice of a large one, so none depends on the page)."""
+    return list(TILE_CHOICES)
 
 
 def choose_splits(batch: int, heads: int, max_blocks: int, device: torch.device,
@@ -241,17 +240,11 @@ def choose_splits(batch: int, heads: int, max_blocks: int, device: torch.device,
     return 1 << (max(1, want).bit_length() - 1)  # round down to a power of two
 
 
-#: the largest page the kernel takes: a one-page tile of 1024 tokens needs ~808 KiB of
-#: shared memory on sm_90 (limit 227 KiB; the sm_90 compile test found it), 256 fits
-MAX_PAGE_TOKENS = 256
-
-
 def check_shape(tokens: int, head_dim: int) -> None:
-    """The kernel's tl.arange needs power-of-two page and head sizes, and a page's tile
-    must fit in shared memory."""
-    if tokens < 16 or tokens & (tokens - 1) or tokens > MAX_PAGE_TOKENS:
-        raise ValueError("paged decode needs a power-of-two page of 16 to "
-                         f"{MAX_PAGE_TOKENS} tokens, not {tokens}")
+    """The kernel's tl.arange and index arithmetic need power-of-two page and head
+    sizes (registers and shared memory scale with the tile's rows, not the page)."""
+    if tokens < 1 or tokens & (tokens - 1):
+        raise ValueError(f"paged decode needs a power-of-two page size in tokens, not {tokens}")
     if head_dim < 16 or head_dim & (head_dim - 1):
         raise ValueError(f"paged decode needs a power-of-two head_dim >= 16, not {head_dim}")
 
@@ -283,7 +276,9 @@ def prepare_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str, tokens
     G = HG // heads
     check_shape(tokens, head_dim)
     tile = tile or DEFAULT_TILE
-    pps = tile.pages_per_step
+    if tile.tile_tokens < 16 or tile.tile_tokens & (tile.tile_tokens - 1):
+        raise ValueError(f"a decode tile needs a power-of-two >= 16 rows (tl.dot), not {tile}")
+    pps = max(1, tile.tile_tokens // tokens)  # whole pages a step covers
     max_blocks = block_table.shape[1]
     splits = num_splits or choose_splits(B, heads, max_blocks, q.device, pps)
     if splits < 1 or splits > MAX_SPLITS or splits & (splits - 1):
@@ -303,7 +298,7 @@ def prepare_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str, tokens
             per, splits)
     consts = dict(T=tokens, H=heads, D=head_dim, G=G, GP=max(16, triton.next_power_of_2(G)),
                   FMT=fmt_code(fmt), HEAD_SIDE=1 if head_side else 0, HAS_SIDE=side is not None,
-                  PAGES_PER_STEP=pps, INTERP=interpreting(), num_warps=tile.num_warps,
+                  TILE=tile.tile_tokens, INTERP=interpreting(), num_warps=tile.num_warps,
                   num_stages=tile.num_stages)
     grid, merge_grid, sp = (B, heads, splits), (B * HG,), max(2, splits)
 

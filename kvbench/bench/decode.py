@@ -26,7 +26,7 @@ dram_zero_copy steps are captured in a CUDA graph and the replay is timed (devic
 only); the same step issued from Python is timed too (``eager_step_s``) and the
 difference is reported as ``launch_overhead_s``. The pipelined placements are timed
 eagerly behind a GPU sleep that outlasts their host enqueue (checked per sample, see
-``kvbench.timing.time_cuda(ahead=True)``). The decode kernel's tile (pages per loop
+``kvbench.timing.time_cuda(ahead=True)``). The decode kernel's tile (tokens per loop
 step, warps, stages) is chosen per hbm case by timing each candidate on one layer;
 the lower placements reuse the tile chosen for their format.
 Without CUDA the dram and nvme placements run the torch reference on the CPU, labelled
@@ -222,8 +222,8 @@ def _kernel_step(cache: Cache, pool, tables, zero_copy: bool = False, unfused: b
 
 
 def _tiles(ctx: RunContext) -> list[Any]:
-    """Autotune candidates: ``--set decode.tiles=PxWxS,...`` (pages per step x warps x
-    stages) or every choice the kernel offers for this page size."""
+    """Autotune candidates: ``--set decode.tiles=TxWxS,...`` (tokens per step x warps x
+    stages) or every choice the kernel offers."""
     from kvbench.kernels_loader import load_kernels
 
     pa = load_kernels("paged_attention")
@@ -388,7 +388,7 @@ def hbm_case(ctx: RunContext, fmt: str, batch: int, context: int, fused: bool) -
     extra["rel_err"] = _verify(cache, ws["out"], pool, tables[(cache.L - 1) % nres])
     notes.append(f"{nres} of {cache.L} layers resident (distinct pages), kernels cycle over them; "
                  "every step still reads L x the per-layer bytes from HBM")
-    notes.append("tile (pages per step x warps x stages) chosen by a per-case autotune of one "
+    notes.append("tile (tokens per step x warps x stages) chosen by a per-case autotune of one "
                  f"layer: {', '.join(f'{k} {v * 1e6:.1f} us' for k, v in tuned.items())}")
     if not fused:
         from kvbench.formats.paged import dequantize_pages
@@ -780,7 +780,7 @@ BENCH = Benchmark(
         'decode.dram.shapes': 'batch x context pairs for placement dram, e.g. 64x8192,16x32768',
         'decode.nvme.threads': 'O_DIRECT reader threads for placement nvme (default 4 quick, 32 full)',
         'decode.hot_window': 'tokens per sequence kept in HBM for placement hot_window (default 1024)',
-        'decode.tiles': 'decode-kernel tiles the hbm autotune tries, pages-per-step x warps x stages, '
-                        'e.g. 1x4x3,4x8x2 (default: every choice the kernel offers for the page size)',
+        'decode.tiles': 'decode-kernel tiles the hbm autotune tries, tokens-per-step x warps x stages, '
+                        'e.g. 16x4x3,64x8x2 (default: every choice the kernel offers)',
     },
 )

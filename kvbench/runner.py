@@ -297,6 +297,8 @@ def print_summary(doc: dict[str, Any], benches: dict[str, Benchmark], console: A
         pct = c["metrics"].get("pct_of_ceiling")
         pct_s = f"{pct:.0f}%" if isinstance(pct, (int, float)) else ""
         status = {"ok": "[green]ok", "skipped": "[yellow]skipped", "error": "[red]error"}[c["status"]]
+        if c.get("flags"):
+            status = f"[magenta]{c['status']}: {', '.join(c['flags'])}"
         note = c["reason"] or "; ".join(n for n in c.get("notes", []) if "\n" not in n)
         table.add_row(c["bench"], c["name"], status, med, spread, pct_s, note)
     console.print(table)
@@ -308,7 +310,10 @@ def print_summary(doc: dict[str, Any], benches: dict[str, Benchmark], console: A
                           f"limit {lim:.1f} GB/s per direction, {2 * lim:.1f} GB/s both (NVML); "
                           "figures above it are flagged as errors")
     counts = {s: sum(1 for c in doc["cases"] if c["status"] == s) for s in ("ok", "skipped", "error")}
-    console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} errors")
+    flagged = sum(1 for c in doc["cases"] if "above_ceiling" in c.get("flags", ()))
+    console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} errors"
+                  + (f"; {flagged} above their ceiling (flagged: the ceiling did not bound them)"
+                     if flagged else ""))
 
 
 def stderr_console() -> Any:

@@ -160,3 +160,38 @@ def test_gpu_transfer_suite_small(tmp_path):
             assert c["samples"]["gbps"] and c["metrics"]["gbps"] > 0, c["name"]
             if c["config"].get("kind") != "ceiling":
                 assert "pct_of_ceiling" in c["metrics"], c["name"]
+
+
+def test_above_ceiling_beyond_noise_is_flagged_not_ok():
+    ctx = _ctx({})
+    # the case's p10 above the ceiling's p90: flagged
+    c = make_case("transfer", "w", {"kind": "paged"},
+                  samples={"gbps": [13.0, 13.6, 14.0], "ceiling_gbps": [4.0, 4.2, 4.4]})
+    finish(ctx, c, "nvme->dram", ceiling=4.2)
+    assert c["flags"] == ["above_ceiling"] and c["metrics"]["pct_of_ceiling"] > 300
+    assert any(n.startswith("above_ceiling:") for n in c["notes"])
+    # overlapping spreads: noise, not a flag
+    c = make_case("transfer", "n", {"kind": "paged"},
+                  samples={"gbps": [3.9, 4.3, 4.6], "ceiling_gbps": [4.0, 4.2, 4.4]})
+    finish(ctx, c, "nvme->dram", ceiling=4.2)
+    assert "flags" not in c
+    # a run-level ceiling case (GPU directions) supplies its own spread
+    ctx.done.append(make_case("transfer", "ceiling/dram->hbm", {"kind": "ceiling", "direction": "dram->hbm"},
+                              samples={"gbps": [50.0, 51.0, 52.0]}))
+    c = make_case("transfer", "p", {"kind": "paged"}, samples={"gbps": [53.0, 54.0, 55.0]})
+    finish(ctx, c, "dram->hbm")
+    assert c["flags"] == ["above_ceiling"] and c["metrics"]["ceiling_gbps"] == 51.0
+
+
+def test_summary_counts_flagged_cases():
+    from rich.console import Console
+
+    from kvbench.runner import print_summary
+    case = make_case("transfer", "w", {"kind": "paged"}, samples={"gbps": [2.0]})
+    case["flags"] = ["above_ceiling"]
+    doc = {"run": {"mode": "cpu-fallback", "id": "x", "status": "complete"},
+           "environment": {}, "cases": [case]}
+    con = Console(record=True, width=200)
+    print_summary(doc, {}, con)
+    text = con.export_text()
+    assert "ok: above_ceiling" in text and "1 above their ceiling" in text

@@ -121,3 +121,45 @@ def label_cache(case: dict[str, Any], resident: list[float], want: str) -> None:
                              "cache after fdatasync + POSIX_FADV_DONTNEED: labelled warm")
     case["config"]["cache_state"] = state
     case["notes"].append(f"{state}: at most {worst:.1%} of the file resident before each sample")
+
+
+# ----------------------------------------------------------------------------- paired ratios
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median: the order statistics
+    x_(l) and x_(n+1-l) with the largest l such that P(Binomial(n, 1/2) < l) <= (1 -
+    level) / 2. With too few samples for that level, the whole range."""
+    import math
+
+    s = sorted(xs)
+    n = len(s)
+    if n == 0:
+        raise ValueError("median_ci needs samples")
+    tail = (1.0 - level) / 2
+    cdf, l = 0.0, 0
+    for k in range(n):  # cdf = P(X <= k - 1) before adding P(X = k)
+        p = math.comb(n, k) / 2 ** n
+        if cdf + p > tail:
+            break
+        cdf += p
+        l = k + 1
+    if l == 0:
+        return s[0], s[-1]
+    return s[l - 1], s[n - l]
+
+
+def paired_ratio(a: list[float], b: list[float], level: float = 0.95) -> dict[str, Any]:
+    """The ratio a/b taken per pair (samples measured alternately, A B A B ..., so slow
+    drifts of the machine cancel), with its median, p10-p90 and a confidence interval
+    of the median (``median_ci``). ``halfwidth`` is the interval's larger half relative
+    to the median."""
+    from kvbench.results import summarize
+
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_ratio needs the same, non-zero number of samples of each")
+    ratios = [x / y for x, y in zip(a, b)]
+    st = summarize(ratios)
+    lo, hi = median_ci(ratios, level)
+    med = st["median"]
+    return {"ratios": ratios, "median": med, "p10": st["p10"], "p90": st["p90"], "n": len(ratios),
+            "ci_low": lo, "ci_high": hi, "ci_level": level,
+            "halfwidth": max(med - lo, hi - med) / med if med else float("inf")}

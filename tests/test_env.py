@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvbench import env as kenv
+from kvbench import mounts
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +240,7 @@ def test_nvme_block_says_what_backs_it(collected):
     nv = collected[0]["nvme"]
     assert nv["backing"] in ("disk", "ram", "overlay", "network", "unknown")
     assert nv["backing_reason"] and nv["chosen_because"] == "given by the caller"
-    if nv["block_device"] is not None and nv["fs_type"] in kenv.DISK_FILESYSTEMS:
+    if nv["block_device"] is not None and nv["fs_type"] in mounts.DISK_FILESYSTEMS:
         assert nv["backing"] == "disk"
 
 

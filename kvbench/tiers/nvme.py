@@ -136,7 +136,7 @@ def choose_nvme_dir(candidates: list[tuple[str, str | None]], rows: list[dict[st
     """The first usable candidate whose filesystem is on a disk (by the mount table
     ``rows``: kvbench.env.parse_mountinfo), else the first usable one, labelled; a
     one-line KvbenchError when none is usable. Pure but for the usability checks."""
-    from kvbench.env import dir_backing
+    from kvbench.mounts import dir_backing
 
     notes: list[str] = []
     fallback: tuple[str, str, dict[str, Any]] | None = None
@@ -172,7 +172,7 @@ def choose_nvme_dir(candidates: list[tuple[str, str | None]], rows: list[dict[st
 
 def default_nvme_dir() -> NvmeDirChoice:
     """``choose_nvme_dir`` over this process's environment, directory and mounts."""
-    from kvbench.env import read_mount_table
+    from kvbench.mounts import read_mount_table
 
     return choose_nvme_dir(nvme_dir_candidates(), read_mount_table())
 
@@ -213,7 +213,7 @@ class NvmeTier(Tier):
         """What backs base_dir (kvbench.env.dir_backing: backing, why, fs_type, ...),
         read from the mount table once."""
         if self._backing is None:
-            from kvbench.env import dir_backing, read_mount_table
+            from kvbench.mounts import dir_backing, read_mount_table
 
             rows = read_mount_table()
             self._backing = dir_backing(self.base_dir, rows) if rows else {"backing": None}

@@ -33,6 +33,8 @@ def test_version():
     (["run", "--set", "novalue"], "expects key=value"),
     (["run", "--bench", "transfer", "--set", "transfer.thread=4"], "no selected benchmark reads it"),
     (["run", "--bench", "decode", "--set", "decode.hbm.shapes=64by8k"], "decode.hbm.shapes"),
+    (["run", "--bench", "decode", "--set", "decode.tiles=24x4x3"], "decode.tiles"),
+    (["run", "--bench", "decode", "--set", "decode.nvme.threads=0"], "must be positive"),
     (["run", "--bench", "prefix", "--set", "prefix.tokens=0"], "must be positive"),
     (["run", "--model", "Llama-3.1-405B", "--layout", "block", "--tokens-per-page", "100000000"],
      "is larger than tier"),

@@ -244,3 +244,18 @@ def test_every_non_fp16_case_relates_to_fp16():
     assert fused["metrics"]["speedup_vs_fp16"] == pytest.approx(4.0)
     assert unfused["metrics"]["speedup_vs_fp16"] == pytest.approx(2.0)
     assert unfused["metrics"]["unfused_over_fused_time"] == pytest.approx(2.0)
+
+
+def test_reads_above_the_roofline_are_flagged():
+    from kvbench.bench import decode as D
+
+    class FakeCache:
+        B, kv_bytes_per_step = 4, 10**9  # 1 GB read per step
+    ctx = type("Ctx", (), {"done": []})()
+    cfg = {"kind": "decode", "placement": "hbm", "format": "fp16", "batch": 4, "context": 1024,
+           "fused": True, "device": "cuda"}
+    # 0.1 s steps = 10 GB/s against a 5 GB/s roofline: impossible, flagged
+    c = D._finish(ctx, "hbm/fp16/4x1024", cfg, FakeCache(), [0.1, 0.1, 0.101], 5.0, [])
+    assert c["flags"] == ["above_ceiling"] and c["metrics"]["pct_of_roofline"] > 190
+    ok = D._finish(ctx, "hbm/fp16/4x1024", dict(cfg), FakeCache(), [0.1, 0.1, 0.101], 20.0, [])
+    assert "flags" not in ok and ok["metrics"]["pct_of_roofline"] == pytest.approx(50, rel=0.01)

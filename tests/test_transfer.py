@@ -12,8 +12,7 @@ import torch
 
 from kvbench import movers
 from kvbench.bench import RunContext
-from kvbench.measure import check_limits as finish
-from kvbench.measure import label_cache as _label_cache
+from kvbench.measure import check_limits, label_cache
 from kvbench.kernels_loader import load_kernels
 from kvbench.results import load, make_case
 from kvbench.spec import PageSpec, get_format, load_model
@@ -77,10 +76,10 @@ def test_file_reader_and_writer(method, threads, nvme_dir):
 
 def test_cold_label_is_honest():
     c = make_case("transfer", "x", {}, samples={"gbps": [1.0]})
-    _label_cache(c, [0.0, 0.002], want="cold")
+    label_cache(c, [0.0, 0.002], want="cold")
     assert c["config"]["cache_state"] == "cold"
     c = make_case("transfer", "x", {}, samples={"gbps": [1.0]})
-    _label_cache(c, [0.0, 0.5], want="cold")
+    label_cache(c, [0.0, 0.5], want="cold")
     assert c["config"]["cache_state"] == "warm"
     assert any("labelled warm" in n for n in c["notes"])
 
@@ -92,11 +91,11 @@ def _ctx(env):
 
 def test_above_physical_limit_is_an_error():
     ctx = _ctx({"gpus": [{"pcie_limit_gbps_per_direction": 63.0}]})
-    ok = finish(ctx, make_case("transfer", "a", {"kind": "paged"}, samples={"gbps": [50.0]}), "dram->hbm")
+    ok = check_limits(ctx, make_case("transfer", "a", {"kind": "paged"}, samples={"gbps": [50.0]}), "dram->hbm")
     assert ok["status"] == "ok" and ok["metrics"]["pct_of_physical_limit"] == pytest.approx(100 * 50 / 63)
-    bad = finish(ctx, make_case("transfer", "b", {"kind": "paged"}, samples={"gbps": [70.0]}), "dram->hbm")
+    bad = check_limits(ctx, make_case("transfer", "b", {"kind": "paged"}, samples={"gbps": [70.0]}), "dram->hbm")
     assert bad["status"] == "error" and "above the physical limit" in bad["reason"]
-    both = finish(ctx, make_case("transfer", "c", {"kind": "paged"}, samples={"gbps": [120.0]}), "dram<->hbm")
+    both = check_limits(ctx, make_case("transfer", "c", {"kind": "paged"}, samples={"gbps": [120.0]}), "dram<->hbm")
     assert both["status"] == "ok"  # the sum of two directions may reach 2 x 63
 
 
@@ -167,19 +166,19 @@ def test_above_ceiling_beyond_noise_is_flagged_not_ok():
     # the case's p10 above the ceiling's p90: flagged
     c = make_case("transfer", "w", {"kind": "paged"},
                   samples={"gbps": [13.0, 13.6, 14.0], "ceiling_gbps": [4.0, 4.2, 4.4]})
-    finish(ctx, c, "nvme->dram", ceiling=4.2)
+    check_limits(ctx, c, "nvme->dram", ceiling=4.2)
     assert c["flags"] == ["above_ceiling"] and c["metrics"]["pct_of_ceiling"] > 300
     assert any(n.startswith("above_ceiling:") for n in c["notes"])
     # overlapping spreads: noise, not a flag
     c = make_case("transfer", "n", {"kind": "paged"},
                   samples={"gbps": [3.9, 4.3, 4.6], "ceiling_gbps": [4.0, 4.2, 4.4]})
-    finish(ctx, c, "nvme->dram", ceiling=4.2)
+    check_limits(ctx, c, "nvme->dram", ceiling=4.2)
     assert "flags" not in c
     # a run-level ceiling case (GPU directions) supplies its own spread
     ctx.done.append(make_case("transfer", "ceiling/dram->hbm", {"kind": "ceiling", "direction": "dram->hbm"},
                               samples={"gbps": [50.0, 51.0, 52.0]}))
     c = make_case("transfer", "p", {"kind": "paged"}, samples={"gbps": [53.0, 54.0, 55.0]})
-    finish(ctx, c, "dram->hbm")
+    check_limits(ctx, c, "dram->hbm")
     assert c["flags"] == ["above_ceiling"] and c["metrics"]["ceiling_gbps"] == 51.0
 
 

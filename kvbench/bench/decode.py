@@ -38,6 +38,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from kvbench import measure
 from kvbench.bench import Benchmark, Case, RunContext, Skip, odirect_tier_or_skip
 from kvbench.results import make_case, skipped_case, summarize
 from kvbench.spec import PageSpec, get_format
@@ -231,8 +232,10 @@ def _tiles(ctx: RunContext) -> list[Any]:
         return pa.tile_choices(ctx.tokens_per_page)
 
     def tile(text: str):
-        p, w, st = (int(x) for x in text.split("x"))  # ValueError -> one line naming the option
-        return pa.DecodeTile(p, w, st)
+        rows, w, st = (int(x) for x in text.split("x"))  # ValueError -> one line naming the option
+        if rows < 16 or rows & (rows - 1) or w < 1 or w & (w - 1) or st < 1:
+            raise ValueError(text)  # tl.dot needs >= 16 rows; warps a power of two
+        return pa.DecodeTile(rows, w, st)
     return ctx.opt_list("decode.tiles", [], tile)
 
 
@@ -329,6 +332,10 @@ def _finish(ctx: RunContext, name: str, cfg: dict, cache: Cache, secs: list[floa
         m["roofline_gbps"] = roof_gbps
         m["roofline_tok_s"] = cache.B / (kvb / (roof_gbps * GB))
         m["pct_of_roofline"] = 100.0 * m["kv_read_gbps"] / roof_gbps
+        if measure.above_ceiling(case["stats"]["kv_read_gbps"], roof_gbps, None):
+            measure.flag(case, "above_ceiling",
+                         f"KV reads at {m['pct_of_roofline']:.0f}% of the placement's roofline, "
+                         "beyond noise: the roofline's measured bandwidths did not bound it")
     _relate(ctx, case)
     return case
 
@@ -538,7 +545,12 @@ def prefetch_case(ctx: RunContext, fmt: str, batch: int, context: int, placement
 
 
 def _nvme_threads(ctx: RunContext) -> int:
-    return ctx.opt("decode.nvme.threads", 4 if ctx.quick else 32, int)
+    from kvbench.errors import KvbenchError
+
+    n = ctx.opt("decode.nvme.threads", 4 if ctx.quick else 32, int)
+    if n < 1:
+        raise KvbenchError(f"--set decode.nvme.threads={n}: must be positive")
+    return n
 
 
 def _nvme_pipeline(ctx, cache, enqueue_layer, R):
@@ -548,7 +560,6 @@ def _nvme_pipeline(ctx, cache, enqueue_layer, R):
     import torch
 
     from kvbench import movers
-    from kvbench.measure import gbps as _gbps
     from kvbench.store import PagePool
     from kvbench.tiers.dram import aligned_host_empty
     from kvbench.timing import time_host
@@ -586,7 +597,7 @@ def _nvme_pipeline(ctx, cache, enqueue_layer, R):
         seq_out = aligned_host_empty(min(f.nbytes, 4 * region), pin=True)
         n_seq = seq_out.numel()
         seq = movers.sequential_reader(f, n_seq, seq_out, 4 * MiB, "odirect", tp)
-        seq_gbps = summarize(_gbps(n_seq, time_host(seq, warmup=0, samples=max(2, ctx.samples // 2),
+        seq_gbps = summarize(measure.gbps(n_seq, time_host(seq, warmup=0, samples=max(2, ctx.samples // 2),
                                                     setup=f.drop_cache)))["median"]
         del seq_out
     except BaseException:
@@ -730,6 +741,7 @@ def plan(ctx: RunContext) -> list[Case]:
         shapes(ctx, p)  # a malformed --set decode.<placement>.shapes fails before anything runs
     if "decode.tiles" in ctx.options:
         _tiles(ctx)  # so does a malformed --set decode.tiles
+    _nvme_threads(ctx)  # and a thread count below 1
     cases: list[Case] = []
     add = lambda name, fn: cases.append(Case(name, {}, fn))  # noqa: E731
     fmts = ctx.formats

@@ -505,7 +505,7 @@ def nvme_case(ctx: RunContext, tokens: int) -> dict[str, Any]:
     other fills."""
     import torch
 
-    from kvbench.measure import label_cache as _label_cache
+    from kvbench.measure import label_cache
     from kvbench.store import PagePool
     from kvbench.tiers.dram import aligned_host_empty
 
@@ -597,7 +597,7 @@ def nvme_case(ctx: RunContext, tokens: int) -> dict[str, Any]:
         notes.insert(0, CPU_NOTE)
     _method_config(ctx, cfg, notes, secs, warm, warmup_cap=1)
     case = _load_result(ctx, cfg, tokens, spec, n, secs, notes, "nvme->hbm")
-    _label_cache(case, resid[warm:], want="cold")
+    label_cache(case, resid[warm:], want="cold")
     return case
 
 

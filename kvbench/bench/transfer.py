@@ -23,9 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from kvbench import movers
-from kvbench.measure import check_limits as finish
-from kvbench.measure import gbps as _gbps
-from kvbench.measure import label_cache as _label_cache
+from kvbench.measure import check_limits, gbps, label_cache
 from kvbench.bench import Benchmark, Case, RunContext, Skip, odirect_tier_or_skip, tier_or_skip
 from kvbench.results import make_case, skipped_case, summarize
 from kvbench.timing import ahead_note
@@ -110,12 +108,12 @@ def ceiling_case(ctx: RunContext, direction: str) -> dict[str, Any]:
         torch.cuda.synchronize()
         ok = torch.equal(a.cpu() if a.is_cuda else a, b.cpu() if b.is_cuda else b)
         case = make_case(BENCH_KEY, f"ceiling/{direction}", cfg,
-                         samples={"gbps": _gbps(nbytes, secs), "seconds": secs},
+                         samples={"gbps": gbps(nbytes, secs), "seconds": secs},
                          units={"gbps": "GB/s", "seconds": "s"})
     if not ok:
         raise AssertionError(f"ceiling copy {direction} moved wrong data")
     case["notes"].append("contiguous; bytes counted once")
-    return finish(ctx, case, direction)
+    return check_limits(ctx, case, direction)
 
 
 def _bidir_time(ctx: RunContext, h2d: Callable[[], Any], d2h: Callable[[], Any],
@@ -127,9 +125,9 @@ def _bidir_time(ctx: RunContext, h2d: Callable[[], Any], d2h: Callable[[], Any],
 
     s1, s2 = streams or (_cuda_stream(), _cuda_stream())
     t1, t2, span = time_cuda_pair(h2d, s1, d2h, s2, warmup=ctx.warmup, samples=ctx.samples)
-    both = _gbps(h2d_bytes + d2h_bytes, span)
+    both = gbps(h2d_bytes + d2h_bytes, span)
     # "gbps" (the headline every transfer case has) is the sum of both directions
-    return {"gbps": both, "h2d_gbps": _gbps(h2d_bytes, t1), "d2h_gbps": _gbps(d2h_bytes, t2),
+    return {"gbps": both, "h2d_gbps": gbps(h2d_bytes, t1), "d2h_gbps": gbps(d2h_bytes, t2),
             "sum_gbps": both}
 
 
@@ -215,11 +213,11 @@ def gpu_paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, token
         p.close()
     notes = [f"{n} pages of {spec.page_bytes:,} B, scattered, random order", ahead_note(ahead)]
     case = make_case(BENCH_KEY, _name(direction, spec, method, kind=kind), cfg,
-                     samples={"gbps": _gbps(nbytes, secs), "seconds": secs},
+                     samples={"gbps": gbps(nbytes, secs), "seconds": secs},
                      units={"gbps": "GB/s", "seconds": "s", "host_enqueue_s": "s"},
                      metrics={"host_enqueue_s": ahead["enqueue_s"], "host_bound": ahead["host_bound"]},
                      notes=notes)
-    return finish(ctx, case, direction)
+    return check_limits(ctx, case, direction)
 
 
 def _bidir_paged(ctx: RunContext, spec: PageSpec, n: int, method: str, cfg: dict) -> dict[str, Any]:
@@ -255,7 +253,7 @@ def _bidir_paged(ctx: RunContext, spec: PageSpec, n: int, method: str, cfg: dict
             info: dict[str, Any] = {}
             secs = time_cuda(both, warmup=ctx.warmup, samples=ctx.samples, stream=s1,
                              ahead=True, info=info)
-            res = {"gbps": _gbps(2 * nbytes, secs), "sum_gbps": _gbps(2 * nbytes, secs)}
+            res = {"gbps": gbps(2 * nbytes, secs), "sum_gbps": gbps(2 * nbytes, secs)}
             notes.append(ahead_note(info))
         else:
             f_up, f_down = _mover(ctx, method, up, s1), _mover(ctx, method, down, s2)
@@ -269,7 +267,7 @@ def _bidir_paged(ctx: RunContext, spec: PageSpec, n: int, method: str, cfg: dict
         down.close()
     case = make_case(BENCH_KEY, _name("dram<->hbm", spec, method), cfg, samples=res,
                      units={k: "GB/s" for k in res}, notes=notes)
-    return finish(ctx, case, "dram<->hbm")
+    return check_limits(ctx, case, "dram<->hbm")
 
 
 def nvme_to_hbm_case(ctx: RunContext, fmt: str, layout: str, threads: int) -> dict[str, Any]:
@@ -346,18 +344,18 @@ def _nvme_to_hbm(ctx, spec, n, cfg, rng, nvme, src, dst, threads):
         # this case's ceiling: the same file read sequentially with O_DIRECT, cold
         seq_out = aligned_host_empty(f.nbytes, pin=True)
         seq = movers.sequential_reader(f, f.nbytes, seq_out, 4 * MiB, "odirect", pool)
-        seq_gbps = _gbps(f.nbytes, time_host(seq, warmup=ctx.warmup, samples=ctx.samples,
+        seq_gbps = gbps(f.nbytes, time_host(seq, warmup=ctx.warmup, samples=ctx.samples,
                                              setup=f.drop_cache))
     finally:
         pool.shutdown()
     case = make_case(BENCH_KEY, _name(direction, spec, "odirect", threads), cfg,
-                     samples={"gbps": _gbps(n * spec.page_bytes, secs), "seconds": secs,
+                     samples={"gbps": gbps(n * spec.page_bytes, secs), "seconds": secs,
                               "ceiling_gbps": seq_gbps},
                      units={"gbps": "GB/s", "seconds": "s", "ceiling_gbps": "GB/s"},
                      notes=["ceiling: sequential O_DIRECT read of the same file into pinned "
                             "memory, 4 MiB requests, cold"])
-    _label_cache(case, resid[ctx.warmup:], want="cold")
-    return finish(ctx, case, direction, ceiling=summarize(seq_gbps)["median"])
+    label_cache(case, resid[ctx.warmup:], want="cold")
+    return check_limits(ctx, case, direction, ceiling=summarize(seq_gbps)["median"])
 
 
 def overlap_case(ctx: RunContext, direction: str, method: str) -> dict[str, Any]:
@@ -393,14 +391,14 @@ def overlap_case(ctx: RunContext, direction: str, method: str) -> dict[str, Any]
         p.close()
     nbytes = n * spec.page_bytes
     case = make_case(BENCH_KEY, f"overlap/{direction}/{method}", cfg,
-                     samples={"gbps": _gbps(nbytes, copy_with), "gbps_alone": _gbps(nbytes, copy_alone),
+                     samples={"gbps": gbps(nbytes, copy_with), "gbps_alone": gbps(nbytes, copy_alone),
                               "matmul_s": mm_with, "matmul_alone_s": mm_alone},
                      units={"gbps": "GB/s", "gbps_alone": "GB/s", "matmul_s": "s",
                             "matmul_alone_s": "s", "matmul_slowdown_pct": "%"})
     mw, ma = case["metrics"]["matmul_s"], case["metrics"]["matmul_alone_s"]
     case["metrics"]["matmul_slowdown_pct"] = 100.0 * (mw / ma - 1.0)
     case["notes"].append(f"{reps} bf16 {m}x{m} matmuls per sample on a second stream")
-    return finish(ctx, case, direction)
+    return check_limits(ctx, case, direction)
 
 
 # ----------------------------------------------------------------------------- file cases
@@ -462,7 +460,7 @@ def file_read_case(ctx: RunContext, fmt: str, layout: str, tokens: int, method: 
             nseq = f.nbytes
             seq_out = aligned_host_empty(nseq, pin=pinned)
             seq = movers.sequential_reader(f, nseq, seq_out, 4 * MiB, "odirect", seq_tp)
-            seq_gbps = _gbps(nseq, time_host(seq, warmup=ctx.warmup, samples=ctx.samples,
+            seq_gbps = gbps(nseq, time_host(seq, warmup=ctx.warmup, samples=ctx.samples,
                                              setup=f.drop_cache))
             ceiling_note = (f"ceiling: sequential O_DIRECT read of the same whole file "
                             f"({nseq:,} B), 4 MiB requests, {seq_threads} threads, cold")
@@ -472,7 +470,7 @@ def file_read_case(ctx: RunContext, fmt: str, layout: str, tokens: int, method: 
             # into the case's own buffer
             nseq = n * pool.stride
             seq = movers.sequential_reader(f, nseq, out, 4 * MiB, "buffered", tp)
-            seq_gbps = _gbps(nseq, time_host(seq, warmup=ctx.warmup, samples=ctx.samples))
+            seq_gbps = gbps(nseq, time_host(seq, warmup=ctx.warmup, samples=ctx.samples))
             ceiling_note = (f"ceiling: sequential buffered read of the same cached file "
                             f"({nseq:,} B) into the same buffer, 4 MiB requests, {threads} thread(s)")
     finally:
@@ -483,11 +481,11 @@ def file_read_case(ctx: RunContext, fmt: str, layout: str, tokens: int, method: 
         nvme.close()
     nbytes = n * spec.page_bytes
     case = make_case(BENCH_KEY, _name(direction, spec, method, threads, cache, kind), cfg,
-                     samples={"gbps": _gbps(nbytes, secs), "seconds": secs, "ceiling_gbps": seq_gbps},
+                     samples={"gbps": gbps(nbytes, secs), "seconds": secs, "ceiling_gbps": seq_gbps},
                      units={"gbps": "GB/s", "seconds": "s", "ceiling_gbps": "GB/s"},
                      notes=[ceiling_note])
-    _label_cache(case, resid[ctx.warmup:], want=cache)
-    return finish(ctx, case, direction, ceiling=summarize(seq_gbps)["median"])
+    label_cache(case, resid[ctx.warmup:], want=cache)
+    return check_limits(ctx, case, direction, ceiling=summarize(seq_gbps)["median"])
 
 
 def file_write_case(ctx: RunContext, fmt: str, layout: str, method: str, threads: int) -> dict[str, Any]:
@@ -527,7 +525,7 @@ def file_write_case(ctx: RunContext, fmt: str, layout: str, method: str, threads
         for how in ("odirect", "buffered"):
             if how == "odirect" and f.fd_direct is None:
                 continue
-            seq[how] = _gbps(nseq, time_host(
+            seq[how] = gbps(nseq, time_host(
                 movers.sequential_writer(f, nseq, flat, 4 * MiB, tp, direct=how == "odirect"),
                 warmup=ctx.warmup, samples=ctx.samples))
     finally:
@@ -538,13 +536,13 @@ def file_write_case(ctx: RunContext, fmt: str, layout: str, method: str, threads
     best = max(seq, key=lambda k: summarize(seq[k])["median"])
     nbytes = n * spec.page_bytes
     case = make_case(BENCH_KEY, _name(direction, spec, method, threads), cfg,
-                     samples={"gbps": _gbps(nbytes, secs), "seconds": secs,
+                     samples={"gbps": gbps(nbytes, secs), "seconds": secs,
                               **{f"ceiling_{k}_gbps": v for k, v in seq.items()}},
                      units={"gbps": "GB/s", "seconds": "s", **{f"ceiling_{k}_gbps": "GB/s" for k in seq}},
                      notes=["each sample ends with fdatasync (durable)",
                             f"ceiling: sequential {best} write of the same bytes to the same file "
                             "(the better of O_DIRECT and buffered), 4 MiB requests, + fdatasync"])
-    return finish(ctx, case, direction, ceiling=summarize(seq[best])["median"])
+    return check_limits(ctx, case, direction, ceiling=summarize(seq[best])["median"])
 
 
 # ----------------------------------------------------------------------------- plan

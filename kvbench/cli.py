@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=_nonneg_int, metavar="N", help="untimed warm-up repetitions (default 1 quick, 3 full)")
     run.add_argument("--seed", type=int, default=0, help="random seed for data and page orders (default 0)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="benchmark option, e.g. transfer.threads=1,4,16 (repeatable; "
+                     help="benchmark option, e.g. transfer.queue_depths=1,4,16 (repeatable; "
                           "'kvbench run --list' lists every benchmark's options)")
     run.add_argument("--cases", action="append", metavar="REGEX",
                      help="run only the cases whose name a Python regex finds (re.search), tried on "

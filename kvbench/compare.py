@@ -3,17 +3,24 @@
 The first file is the reference, A; the others are B, C, ... Cases are matched by
 (bench, case name) (plus the config ``kind`` and an occurrence number when a file
 repeats a name, as the transfer page-size sweep does). Each matched row shows the
-case's headline figure per file and the ratio of each file to A. Before the tables,
-one warning line per reason the runs are not comparable. Only figures already in the
-files are shown; ratios and their geometric means are the only arithmetic.
+case's headline figure per file with the 95% confidence interval of its median (from
+the case's raw samples, ``kvbench.measure.stats.median_ci``), and the ratio of each
+file to A with a verdict: "within noise" (printed ``~``) when the two intervals
+overlap, else faster / slower (better / worse for figures that are not speeds) by
+the metric's direction. Cases a run flagged (``unstable``, ``above_ceiling``) carry
+a marker explained under their table. Before the tables, one warning line per
+reason the runs are not comparable. Only figures already in the files are shown;
+ratios, intervals of the median and geometric means are the only arithmetic.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from kvbench.errors import KvbenchError
+from kvbench.measure.stats import median_ci
 from kvbench.report import (
     UNITS_LINE,
     Page,
@@ -44,6 +51,17 @@ from kvbench.results import load
 
 Key = tuple[str, str, str, int]  # (bench, kind, name, occurrence)
 PLOT_CHUNK = 40  # cases per compare plot; more are split over numbered files
+CI_LEVEL = 0.95  # confidence of the interval of each median
+# median_ci returns the samples' whole range up to this many samples; its confidence
+# is then 1 - 2^(1-n) (75% at n = 3), below CI_LEVEL
+SMALL_N = 5
+SAME = "within noise"
+#: case flag -> marker after the run's figure, and what the marker means
+MARKERS = {"unstable": ("*", "flagged unstable in that run: its paired sampling did not reach a 95% "
+                             "confidence interval within +-5% of the median before its time budget"),
+           "above_ceiling": ("^", "flagged above_ceiling in that run: a figure above its own "
+                                  "ceiling beyond noise")}
+OTHER_MARK = "!"
 
 
 def letters(n: int) -> list[str]:
@@ -163,13 +181,34 @@ def hardware_table(docs: list[dict[str, Any]], tags: list[str], paths: list[str]
     return t
 
 
+def _marks(case: dict[str, Any] | None) -> str:
+    """Markers of a case's flags ('*' unstable, '^' above_ceiling, '!' any other)."""
+    flags = (case or {}).get("flags") or []
+    return "".join(dict.fromkeys(MARKERS.get(f, (OTHER_MARK,))[0] for f in flags))
+
+
+def _ci(case: dict[str, Any] | None, metric: str) -> tuple[float, float] | None:
+    """CI_LEVEL interval of the median of a case's raw samples of ``metric`` (same unit
+    as the metric); None when the case is not ok or has fewer than 2 samples (one
+    sample says nothing about noise)."""
+    if case is None or case["status"] != "ok":
+        return None
+    xs = [float(x) for x in (case.get("samples") or {}).get(metric) or [] if is_num(x)]
+    return median_ci(xs, CI_LEVEL) if len(xs) > 1 else None
+
+
 def _cell(case: dict[str, Any] | None, metric: str, unit: str) -> str:
+    """'41 [40-42]*': the figure, its interval of the median and its flag markers."""
     if case is None:
         return "absent"
     if case["status"] != "ok":
         return case["status"]
     v = case["metrics"].get(metric)
-    return fmt_num(v, unit) if is_num(v) else "n/a"
+    if not is_num(v):
+        return "n/a" + _marks(case)
+    ci = _ci(case, metric)
+    band = f" [{fmt_num(ci[0], unit)}-{fmt_num(ci[1], unit)}]" if ci else ""
+    return fmt_num(v, unit) + band + _marks(case)
 
 
 def _value(case: dict[str, Any] | None, metric: str) -> float | None:
@@ -185,6 +224,37 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _better(metric: str) -> str:
     return {True: "higher is better", False: "lower is better"}.get(higher_is_better(metric), "")
+
+
+def _is_speed(metric: str) -> bool:
+    """A rate or a time (where 'faster' is the word), rather than an error or a share."""
+    m = metric.lower()
+    return m.endswith(("gbps", "tok_s", "flop_s", "_s")) or m == "seconds" or m.startswith("speedup")
+
+
+def verdict(metric: str, ci_a: tuple[float, float] | None, ci_b: tuple[float, float] | None) -> str:
+    """B against A by their intervals of the median: SAME when they overlap; else
+    'faster'/'slower' for rates and times, 'better'/'worse' for other figures with a
+    known direction, 'higher'/'lower' when the name does not say; '' without both."""
+    if ci_a is None or ci_b is None:
+        return ""
+    if ci_a[0] <= ci_b[1] and ci_b[0] <= ci_a[1]:
+        return SAME
+    up = ci_b[0] > ci_a[1]
+    hib = higher_is_better(metric)
+    if hib is None:
+        return "higher" if up else "lower"
+    good, bad = ("faster", "slower") if _is_speed(metric) else ("better", "worse")
+    return good if up == hib else bad
+
+
+def _ratio_cell(r: float | None, word: str) -> str:
+    """'~1.01x within noise', '1.5x faster', or the bare ratio when noise is unknown."""
+    if r is None:
+        return ""
+    if word == SAME:
+        return f"~{fmt_ratio(r)} {SAME}"
+    return f"{fmt_ratio(r)} {word}".strip()
 
 
 def _groups(order: list[Key], keyed: list[dict[Key, dict[str, Any]]], bench: str
@@ -204,29 +274,102 @@ def _groups(order: list[Key], keyed: list[dict[Key, dict[str, Any]]], bench: str
     return groups, none_ok
 
 
+def _legend(cases: list[dict[str, Any] | None], metric: str, unjudged: bool) -> list[str]:
+    """Notes under a case table: the flag markers used in it, small-sample intervals,
+    ratios without a verdict."""
+    out = []
+    flags = list(dict.fromkeys(f for c in cases for f in (c or {}).get("flags") or []))
+    for f in [f for f in flags if f in MARKERS]:
+        out.append(f"{MARKERS[f][0]} = {MARKERS[f][1]}")
+    other = [f for f in flags if f not in MARKERS]
+    if other:
+        out.append(f"{OTHER_MARK} = flagged in that run ({', '.join(other)}; see its report)")
+    ns = [len((c.get("samples") or {}).get(metric) or []) for c in cases if _ci(c, metric)]
+    small = sorted({n for n in ns if n <= SMALL_N})
+    if small:  # the whole range misses the median with probability 2 * 2^-n
+        conf = ", ".join(f"{1 - 2.0 ** (1 - n):.0%} at n = {n}" for n in small)
+        out.append(f"an interval from {SMALL_N} or fewer samples is their whole range, of less than "
+                   f"{CI_LEVEL:.0%} confidence ({conf})")
+    if unjudged:
+        out.append("a ratio without a verdict: a run has fewer than 2 samples of this figure, "
+                   "so its noise is unknown")
+    return out
+
+
+@dataclass
+class GroupRows:
+    """One (bench, kind, metric) case table and what the summary and plot need from it:
+    the keys ok in every file, and per file (B, C, ...) the verdict of each such key."""
+
+    table: Table
+    common: list[Key]
+    verdicts: list[list[str]]
+
+
+def group_table(title: str, metric: str, unit: str, ks: list[Key], keyed: list[dict[Key, dict[str, Any]]],
+                names: dict[Key, str], columns: list[str]) -> GroupRows:
+    """The case table of one group: per file the median [CI] with flag markers, then
+    each file's ratio to A with its verdict."""
+    t = Table(title, columns, numeric=set(range(1, len(columns))))
+    common: list[Key] = []
+    verdicts: list[list[str]] = [[] for _ in keyed[1:]]
+    seen: list[dict[str, Any] | None] = []
+    unjudged = False
+    for k in ks:
+        cases = [kc.get(k) for kc in keyed]
+        seen += cases
+        vals = [_value(c, metric) for c in cases]
+        cis = [_ci(c, metric) for c in cases]
+        words = [verdict(metric, cis[0], ci) if vals[0] is not None and v is not None else ""
+                 for ci, v in zip(cis[1:], vals[1:])]
+        ratios = [_ratio(vals[0], v) for v in vals[1:]]
+        unjudged |= any(r is not None and not w for r, w in zip(ratios, words))
+        complete = all(v is not None for v in vals)
+        style = "" if complete else "skipped"
+        if complete and any(_marks(c) for c in cases):
+            style = "flagged"
+        t.add([names[k], *[_cell(c, metric, unit) for c in cases],
+               *[_ratio_cell(r, w) for r, w in zip(ratios, words)]], style)
+        if complete:
+            common.append(k)
+            for i, w in enumerate(words):
+                verdicts[i].append(w)
+    t.notes = _legend(seen, metric, unjudged)
+    return GroupRows(t, common, verdicts)
+
+
+def _verdict_counts(words: list[str]) -> str:
+    """'2 faster, 1 slower, 3 within noise' (counts of the verdicts given)."""
+    n = {w: words.count(w) for w in dict.fromkeys(words) if w}
+    order = sorted(n, key=lambda w: (w == SAME, w))
+    return ", ".join(f"{n[w]} {w}" for w in order)
+
+
 def build_compare(docs: list[dict[str, Any]], paths: list[str], benches: list[str] | None = None,
                   plots: bool = False) -> Page:
     tags = letters(len(docs))
     labels = [f"{run_label(d)} / {d['run']['id']}" for d in docs]
     keyed = [keyed_cases(d) for d in docs]
     order = list(dict.fromkeys(k for kc in keyed for k in kc))
-    all_benches: list[str] = []
-    for k in order:
-        if k[0] not in all_benches:
-            all_benches.append(k[0])
+    all_benches = list(dict.fromkeys(k[0] for k in order))
     chosen = select_benches(all_benches, benches, " and ".join(paths))
     names = display_names(order)
+    runs = [f"{t}: {run_label(d)}" for t, d in zip(tags, docs)]  # run ids are in "Runs"; 100 columns
 
     page = Page("kvbench compare: " + " vs ".join(f"{t} = {lab}" for t, lab in zip(tags, labels)))
     page.warnings(comparability_warnings(docs, tags, keyed))
     page.heading("Runs")
     page.lines([f"{t} = {lab} ({p})" for t, lab, p in zip(tags, labels, paths)]
-               + [f"ratios are {', '.join(f'{t}/A' for t in tags[1:])}: each file's figure over A's"])
+               + [f"figures are medians [{CI_LEVEL:.0%} confidence interval of the median, from the "
+                  "case's raw samples]",
+                  f"ratios are {', '.join(f'{t}/A' for t in tags[1:])}, each file's figure over A's; "
+                  f"'~' = {SAME}: the two intervals overlap"])
     page.table(hardware_table(docs, tags, paths))
 
     summary = Table("Geometric mean of the ratios over the cases ok in every file",
                     ["bench", "kind", "metric", "better", "cases",
-                     *[f"{t}/A geomean" for t in tags[1:]], *[f"{t}/A min-max" for t in tags[1:]]],
+                     *[f"{t}/A geomean" for t in tags[1:]], *[f"{t}/A min-max" for t in tags[1:]],
+                     *[f"{t}/A verdicts" for t in tags[1:]]],
                     numeric=set(range(4, 5 + 2 * (len(docs) - 1))))
     tables: list[Table] = []
     for bench in chosen:
@@ -236,41 +379,21 @@ def build_compare(docs: list[dict[str, Any]], paths: list[str], benches: list[st
             unit = unit_of(ref, metric) if ref else ""
             better = _better(metric)
             head = f"{metric} ({unit})" if unit else metric
-            cols = ["case", *[f"{t}: {lab}" for t, lab in zip(tags, labels)], *[f"{t}/A" for t in tags[1:]]]
-            t = Table(f"{bench}" + (f" / {kind}" if kind else "") + f": {head}, median"
-                      + (f"; {better}" if better else ""), cols, numeric=set(range(1, len(cols))))
-            common: list[Key] = []
-            for k in ks:
-                cases = [kc.get(k) for kc in keyed]
-                vals = [_value(c, metric) for c in cases]
-                ratios = [_ratio(vals[0], v) for v in vals[1:]]
-                t.add([names[k], *[_cell(c, metric, unit) for c in cases], *[fmt_ratio(r) for r in ratios]],
-                      "" if all(v is not None for v in vals) else "skipped")
-                if all(v is not None for v in vals):
-                    common.append(k)
-            tables.append(t)
-            if common:
-                per_file = [[_ratio(_value(keyed[0][k], metric), _value(keyed[i][k], metric)) for k in common]
-                            for i in range(1, len(docs))]
-                gm = [fmt_ratio(geomean(r)) for r in per_file]
-                mm = []
-                for r in per_file:
-                    r = [x for x in r if x is not None]
-                    mm.append(f"{fmt_ratio(min(r))}-{fmt_ratio(max(r))}" if r else "")
-                summary.add([bench, kind, head, better, str(len(common)), *gm, *mm])
-            if plots and common:
-                page.plots += plot_compare(bench, kind, metric, unit, [names[k] for k in common],
-                                           [[_value(kc[k], metric) for k in common] for kc in keyed],
-                                           [f"{t}: {lab}" for t, lab in zip(tags, labels)])
+            title = (f"{bench}" + (f" / {kind}" if kind else "") + f": {head}, median [{CI_LEVEL:.0%} CI]"
+                     + (f"; {better}" if better else ""))
+            g = group_table(title, metric, unit, ks, keyed, names,
+                            ["case", *runs, *[f"{t}/A" for t in tags[1:]]])
+            tables.append(g.table)
+            if g.common:
+                summary.add([bench, kind, head, better.split(" ")[0], str(len(g.common)),
+                             *_ratio_summary(keyed, g.common, metric), *map(_verdict_counts, g.verdicts)])
+            if plots and g.common:
+                page.plots += plot_compare(bench, kind, metric, unit, [names[k] for k in g.common],
+                                           [[_value(kc[k], metric) for k in g.common] for kc in keyed],
+                                           [f"{t}: {lab}" for t, lab in zip(tags, labels)],
+                                           [[_ci(kc[k], metric) for k in g.common] for kc in keyed])
         if none_ok:
-            t = Table(f"{bench}: {len(none_ok)} case(s) ok in no file",
-                      ["case", *[f"{t}: {lab}" for t, lab in zip(tags, labels)], "reason"])
-            for k in none_ok:
-                cases = [kc.get(k) for kc in keyed]
-                reason = next((c.get("reason") for c in cases if c is not None and c.get("reason")), "")
-                t.add([names[k], *[c["status"] if c is not None else "absent" for c in cases], reason],
-                      "error" if any(c is not None and c["status"] == "error" for c in cases) else "skipped")
-            tables.append(t)
+            tables.append(_none_ok_table(bench, none_ok, keyed, names, runs))
     page.heading("Summary")
     if summary.rows:
         page.table(summary)
@@ -282,20 +405,46 @@ def build_compare(docs: list[dict[str, Any]], paths: list[str], benches: list[st
     return page
 
 
+def _ratio_summary(keyed: list[dict[Key, dict[str, Any]]], common: list[Key], metric: str) -> list[str]:
+    """Per file B, C, ...: the geometric mean of its ratios to A, then their min-max."""
+    per_file = [[_ratio(_value(keyed[0][k], metric), _value(kc[k], metric)) for k in common]
+                for kc in keyed[1:]]
+    gm = [fmt_ratio(geomean(r)) for r in per_file]
+    mm = []
+    for r in per_file:
+        r = [x for x in r if x is not None]
+        mm.append(f"{fmt_ratio(min(r))}-{fmt_ratio(max(r))}" if r else "")
+    return gm + mm
+
+
+def _none_ok_table(bench: str, none_ok: list[Key], keyed: list[dict[Key, dict[str, Any]]],
+                   names: dict[Key, str], runs: list[str]) -> Table:
+    t = Table(f"{bench}: {len(none_ok)} case(s) ok in no file", ["case", *runs, "reason"])
+    for k in none_ok:
+        cases = [kc.get(k) for kc in keyed]
+        reason = next((c.get("reason") for c in cases if c is not None and c.get("reason")), "")
+        t.add([names[k], *[c["status"] if c is not None else "absent" for c in cases], reason],
+              "error" if any(c is not None and c["status"] == "error" for c in cases) else "skipped")
+    return t
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
 def plot_compare(bench: str, kind: str, metric: str, unit: str, names: list[str],
-                 values: list[list[float | None]], labels: list[str]) -> list[tuple[str, str, bytes]]:
+                 values: list[list[float | None]], labels: list[str],
+                 cis: list[list[tuple[float, float] | None]] | None = None) -> list[tuple[str, str, bytes]]:
     """Grouped horizontal bars of one headline metric: a group per case, a bar per
-    file; split into files of PLOT_CHUNK cases."""
+    file, with the interval of each median as an error bar where ``cis`` has one
+    (same nesting as ``values``); split into files of PLOT_CHUNK cases."""
     out = []
     parts = -(-len(names) // PLOT_CHUNK)
     size = -(-len(names) // parts)  # even chunks: 46 cases -> 23 + 23, not 40 + 6
     chunks = [range(i, min(i + size, len(names))) for i in range(0, len(names), size)]
     flat = [v for vs in values for v in vs if v is not None and v > 0]
     log = bool(flat) and max(flat) / min(flat) > 100
+    cis = cis if cis and any(ci for per_file in cis for ci in per_file) else None
     for part, idx in enumerate(chunks, 1):
         n, f = len(idx), len(labels)
         fig = new_figure(10, 0.18 * n * f + 0.25 * n + 1.8)
@@ -303,12 +452,16 @@ def plot_compare(bench: str, kind: str, metric: str, unit: str, names: list[str]
         h = 0.8 / f
         for j, lab in enumerate(labels):
             ys = [i + (j - (f - 1) / 2) * h for i in range(n)]
-            ax.barh(ys, [values[j][i] or 0 for i in idx], height=h, label=lab)
+            ax.barh(ys, [values[j][i] or 0 for i in idx], height=h, label=lab,
+                    xerr=_bar_errors(values[j], cis[j], idx) if cis else None,
+                    error_kw={"elinewidth": 0.8, "capsize": 2})
         ax.set_yticks(range(n), [names[i] for i in idx], fontsize=7)
         ax.invert_yaxis()
         if log:
             ax.set_xscale("log")
-        ax.set_xlabel(f"{metric} ({unit})" if unit else metric)
+        ax.set_xlabel((f"{metric} ({unit})" if unit else metric)
+                      + (f", median; error bars: {CI_LEVEL:.0%} CI of the median (the samples' "
+                         f"whole range when n <= {SMALL_N})" if cis else ""))
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         suffix = f" ({part}/{len(chunks)})" if len(chunks) > 1 else ""
@@ -318,6 +471,18 @@ def plot_compare(bench: str, kind: str, metric: str, unit: str, names: list[str]
         name += f"_{part}.png" if len(chunks) > 1 else ".png"
         out.append((name, title, png_bytes(fig)))
     return out
+
+
+def _bar_errors(values: list[float | None], cis: list[tuple[float, float] | None],
+                idx: range) -> list[list[float]]:
+    """(below, above) each median to its interval's ends, for matplotlib's xerr; 0 where
+    a figure has no interval."""
+    below, above = [], []
+    for i in idx:
+        v, ci = values[i], cis[i]
+        below.append(max(v - ci[0], 0.0) if v is not None and ci else 0.0)
+        above.append(max(ci[1] - v, 0.0) if v is not None and ci else 0.0)
+    return [below, above]
 
 
 def compare(paths: list[str], *, plot_dir: str | None = None, html_path: str | None = None,

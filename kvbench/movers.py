@@ -132,16 +132,17 @@ def batched(src: Any, dst: Any, src_ids: Sequence[int], dst_ids: Sequence[int],
 
 
 # ------------------------------------------------------------------ files
-def _chunks(n: int, parts: int) -> list[range]:
-    parts = max(1, min(parts, n))
-    step = -(-n // parts)
-    return [range(i, min(n, i + step)) for i in range(0, n, step)]
+def queue_depth(pool: ThreadPoolExecutor | None) -> int:
+    """Requests a file mover keeps in flight: one per pool thread (1 without a pool)."""
+    return pool._max_workers if pool else 1  # noqa: SLF001
 
 
 def _parallel_io(fd: int | None, write: bool, bufs: list[Any], offsets: list[int],
                  pool: ThreadPoolExecutor | None) -> Callable[[], None]:
-    """A callable doing one pread/pwrite per (buffer, offset), the list split into
-    contiguous runs, one per pool thread (os.preadv / os.pwritev release the GIL)."""
+    """A callable doing one pread/pwrite per (buffer, offset) at a queue depth of the
+    pool's size: that many threads each take the next request from one shared queue
+    as soon as their last one completes (os.preadv / os.pwritev release the GIL), so
+    the device always sees that many requests in flight until the list runs out."""
     if fd is None:
         raise Skip("O_DIRECT is not available in this directory")
     op = os.pwritev if write else os.preadv
@@ -149,20 +150,25 @@ def _parallel_io(fd: int | None, write: bool, bufs: list[Any], offsets: list[int
     lengths = [sum(len(memoryview(x)) for x in v) for v in vecs]
     what = "write" if write else "read"
 
-    def do(rows: range) -> None:
-        for r in rows:
-            got = op(fd, vecs[r], offsets[r])
-            if got != lengths[r]:
-                raise OSError(f"short {what}: {got} of {lengths[r]} bytes at {offsets[r]}")
+    def do(r: int) -> None:
+        got = op(fd, vecs[r], offsets[r])
+        if got != lengths[r]:
+            raise OSError(f"short {what}: {got} of {lengths[r]} bytes at {offsets[r]}")
 
-    parts = _chunks(len(bufs), pool._max_workers if pool else 1)  # noqa: SLF001
+    depth = min(queue_depth(pool), len(bufs))
+
+    def worker(queue: Any) -> None:
+        for r in queue:  # next() on a shared iterator: each request taken exactly once
+            do(r)
 
     def run() -> None:
-        if pool is None or len(parts) == 1:
-            do(range(len(bufs)))
-        else:
-            for fut in [pool.submit(do, p) for p in parts]:
-                fut.result()
+        if depth <= 1:
+            for r in range(len(bufs)):
+                do(r)
+            return
+        queue = iter(range(len(bufs)))
+        for fut in [pool.submit(worker, queue) for _ in range(depth)]:
+            fut.result()
     return run
 
 
@@ -174,7 +180,7 @@ def file_reader(f: FileBuffer, stride: int, page_ids: Sequence[int], out: Any, m
                 pool: ThreadPoolExecutor | None, page_bytes: int) -> Callable[[], None]:
     """Read pages ``page_ids`` of a file pool into rows of ``out`` (``[n, stride]`` host
     uint8, 4 KiB-aligned rows). O_DIRECT reads the whole aligned stride; buffered and
-    mmap read page_bytes. Threads split the page list into contiguous runs."""
+    mmap read page_bytes. The pool sets the queue depth (``_parallel_io``)."""
     if method == "mmap":
         import torch
 

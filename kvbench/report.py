@@ -135,6 +135,23 @@ def unit_of(case: dict[str, Any], metric: str) -> str:
     return short_unit(u or "")
 
 
+def paired_text(case: dict[str, Any], metric: str) -> str:
+    """'88% [85-92]': a paired ratio's median and its confidence interval of the
+    median (``case["paired"][metric]``, written by kvbench.measure.paired.record; in %
+    or x); '' when the case has no paired figure of that name."""
+    p = (case.get("paired") or {}).get(metric) or {}
+    if not all(is_num(p.get(k)) for k in ("median", "ci_low", "ci_high")):
+        return ""
+    unit = unit_of(case, metric)
+    sign = unit if unit in ("%", "x") else ""
+    return f"{p['median']:.3g}{sign} [{p['ci_low']:.3g}-{p['ci_high']:.3g}]"
+
+
+def flags_text(case: dict[str, Any]) -> str:
+    """A case's flags ('unstable', 'above_ceiling', ...), comma-separated."""
+    return ", ".join(str(f) for f in case.get("flags") or [])
+
+
 def spread(case: dict[str, Any], metric: str) -> tuple[str, str, str]:
     """(p10-p90, cv, n) of a metric's samples; blanks when it was not sampled."""
     st = (case.get("stats") or {}).get(metric) or {}
@@ -312,7 +329,7 @@ class Table:
     columns: list[str]
     rows: list[list[str]] = field(default_factory=list)
     numeric: set[int] = field(default_factory=set)  # right-aligned columns
-    styles: list[str] = field(default_factory=list)  # per row: "", "skipped", "error"
+    styles: list[str] = field(default_factory=list)  # per row: "", "skipped", "error", "flagged"
     notes: list[str] = field(default_factory=list)
 
     def add(self, row: Sequence[str], style: str = "") -> None:
@@ -372,27 +389,37 @@ def bench_tables(doc: dict[str, Any], bench: str) -> list[Table]:
             for c in cs:
                 extras += [m for m, v in c["metrics"].items() if is_num(v) and m != metric and m not in extras]
             extras = extras[:6]
+        extras += [m for m in dict.fromkeys(m for c in cs for m in c.get("paired") or {})
+                   if m != metric and m not in extras]  # paired ratios always get a column
+        flagged = any(c.get("flags") for c in cs)
         head = f"{metric} ({unit})" if unit else metric or "metric"
-        cols = ["case", head, "p10-p90", "cv", "n"]
+        cols = ["case", *(["flags"] if flagged else []), head, "p10-p90", "cv", "n"]
         for m in extras:
             u = unit_of(cs[0], m) or next((unit_of(c, m) for c in cs if unit_of(c, m)), "")
             cols.append(f"{m} ({u})" if u else m)
         sampled = any(((c.get("stats") or {}).get(metric) or {}).get("n", 0) > 1 for c in cs)
         title = (f"{bench}" + (f" / {kind}" if kind else "") + f": {len(cs)} ok case(s)"
                  + (", median of samples" if sampled else "") + f"; {UNITS_LINE}")
-        t = Table(title, cols, numeric=set(range(1, len(cols))))
+        t = Table(title, cols, numeric=set(range(2 if flagged else 1, len(cols))))
         for c in cs:
             p, cv, n = spread(c, metric)
-            row = [c["name"], fmt_num(c["metrics"].get(metric), unit), p, cv, n]
-            row += [fmt_num(c["metrics"].get(m), unit_of(c, m)) for m in extras]
-            t.add(row)
+            row = [c["name"], *([flags_text(c)] if flagged else []),
+                   paired_text(c, metric) or fmt_num(c["metrics"].get(metric), unit), p, cv, n]
+            row += [paired_text(c, m) or fmt_num(c["metrics"].get(m), unit_of(c, m)) for m in extras]
+            t.add(row, "flagged" if c.get("flags") else "")
         t.notes = _notes_common(cs)
+        levels = sorted({p.get("ci_level") for c in cs for p in (c.get("paired") or {}).values()
+                         if is_num(p.get("ci_level"))})
+        if levels:
+            t.notes.append(f"paired ratios: median [{'/'.join(f'{x:.0%}' for x in levels)} confidence "
+                           "interval of the median] of per-pair ratios of alternately measured figures")
         tables.append(t)
     bad = sorted((c for c in cases if c["status"] != "ok"), key=lambda c: STATUS_ORDER[c["status"]])
     if bad:
         t = Table(f"{bench}: {len(bad)} case(s) skipped or failed", ["case", "status", "reason"])
         for c in bad:
-            t.add([c["name"], c["status"], c.get("reason") or ""], c["status"])
+            t.add([c["name"], c["status"] + (f" ({flags_text(c)})" if c.get("flags") else ""),
+                   c.get("reason") or ""], c["status"])
         tables.append(t)
     return tables
 
@@ -418,7 +445,7 @@ def render_console(page: Page, console: Any) -> None:
             for i, col in enumerate(body.columns):
                 rt.add_column(Text(col), justify="right" if i in body.numeric else "left",
                               overflow="fold", no_wrap=i in body.numeric)
-            colour = {"skipped": "yellow", "error": "red"}
+            colour = {"skipped": "yellow", "error": "red", "flagged": "magenta"}
             for row, style in zip(body.rows, body.styles):
                 rt.add_row(*[Text(c) for c in row], style=colour.get(style))
             console.print(rt)
@@ -440,7 +467,7 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.85em}
 caption{text-align:left;font-weight:600;padding:.3em 0}
 th,td{border:1px solid #ddd;padding:.2em .5em;vertical-align:top}th{background:#f3f3f3}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.skipped td{color:#8a6d00}tr.error td{color:#b00020}
+tr.skipped td{color:#8a6d00}tr.error td{color:#b00020}tr.flagged td{color:#7b1fa2}
 .lines{font-family:ui-monospace,monospace;font-size:.85em;white-space:pre-wrap}
 .warn{color:#8a4b00;background:#fff6e0;padding:.2em .5em;margin:.2em 0}
 .note{color:#666;font-size:.8em}figure{margin:1em 0}img{max-width:100%}
@@ -870,7 +897,9 @@ def add_parsers(subparsers: Any) -> None:
         description="Print a result file's environment (GPU, PCIe link, host, disk, software, "
                     "commit, mode) and, per benchmark, a table of its cases: ok cases first "
                     "with the median, p10-p90 and coefficient of variation of the headline "
-                    "figure, then skipped and failed cases with their reasons. Optionally "
+                    "figure, their flags (unstable, above_ceiling) and paired ratios with their "
+                    "95% confidence interval (e.g. 88% [85-92]), then skipped and failed cases "
+                    "with their reasons. Optionally "
                     f"writes PNG plots and one self-contained HTML page. {UNITS_LINE}.",
     )
     rep.add_argument("result", metavar="R.json", help="a result file written by 'kvbench run'")
@@ -886,9 +915,12 @@ def add_parsers(subparsers: Any) -> None:
 
     cmp_ = subparsers.add_parser(
         "compare", help="put result files side by side (e.g. H100 vs H200), with ratios and warnings",
-        description="Compare result files: one column per file, labelled by GPU name (or 'cpu' "
-                    "and host) and run id; rows are cases matched by benchmark and case name with "
-                    "their headline figure, and the ratio of each file to the first (B/A, C/A, ...). "
+        description="Compare result files: one column per file, labelled by letter and GPU name "
+                    "(or 'cpu' and host; run ids are listed above the tables); rows are cases matched "
+                    "by benchmark and case name with their headline figure and the 95% confidence "
+                    "interval of its median, and the ratio of each file to the first (B/A, C/A, ...), "
+                    "marked '~ within noise' where the two intervals overlap and faster/slower where "
+                    "they do not; cases a run flagged unstable or above_ceiling are marked. "
                     "Before the tables, one warning line for each thing that makes the runs not "
                     "comparable (kvbench version or schema, model, formats, tokens per page, quick "
                     "vs full, gpu vs cpu-fallback mode, cases in one file only). A hardware table "

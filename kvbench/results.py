@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from kvbench.errors import KvbenchError
 
@@ -51,32 +49,7 @@ _CASE_REQUIRED = ("bench", "name", "status", "config", "metrics", "units", "samp
 
 
 # ---------------------------------------------------------------------------- statistics
-def summarize(samples: Iterable[float]) -> dict[str, float]:
-    """Median, p10, p90, mean, stdev, coefficient of variation, min, max and n."""
-    xs = sorted(float(x) for x in samples)
-    n = len(xs)
-    if n == 0:
-        return {"n": 0}
-
-    def pct(p: float) -> float:
-        # linear interpolation between closest ranks (numpy's default)
-        k = (n - 1) * p
-        lo, hi = math.floor(k), math.ceil(k)
-        return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-    mean = statistics.fmean(xs)
-    stdev = statistics.stdev(xs) if n > 1 else 0.0
-    return {
-        "n": n,
-        "median": statistics.median(xs),
-        "p10": pct(0.10),
-        "p90": pct(0.90),
-        "mean": mean,
-        "stdev": stdev,
-        "cv": (stdev / mean) if mean else 0.0,
-        "min": xs[0],
-        "max": xs[-1],
-    }
+from kvbench.measure.stats import summarize  # noqa: E402,F401 - results' statistics
 
 
 def make_case(

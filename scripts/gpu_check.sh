@@ -95,7 +95,9 @@ PROBE=(--bench transfer --full --format fp16 --layout layer --samples 3 --warmup
 # Samples: 6 after 2 warm-ups instead of the full default 10 after 3: a case's setup
 # (pinned pools of 2 GiB, random data, verification) costs more than its samples, and a
 # per_page sample of 16384 launches runs behind a GPU sleep twice its enqueue time; 52
-# cases at 13 runs each would not fit the cap.
+# cases at 13 runs each would not fit the cap. Every case samples its paired ceiling (and
+# fio, for file cases) alternately for transfer.budget_s = 1 s (at least 6 pairs), so a
+# case that does not reach +-5% in that second is flagged unstable, not slowed down.
 TRANSFER=(--bench transfer --full --format fp16 --samples 6 --warmup 2
           --set transfer.bytes=1GiB --set transfer.ceiling_bytes=1GiB --set transfer.file_bytes=256MiB
           --cases '^ceiling/'
@@ -103,7 +105,8 @@ TRANSFER=(--bench transfer --full --format fp16 --samples 6 --warmup 2
           --cases '^dram<->hbm/(layer|block)/'
           --cases '^hbm->hbm/(layer|block)/'
           --cases '^nvme->hbm/'
-          --cases '^nvme->dram/layer/fp16/odirect/t32/cold$'
+          --set transfer.budget_s=1 --set transfer.queue_depths=1,16,64
+          --cases '^nvme->dram/layer/fp16/odirect/qd(1|16|64)/cold$'
           --cases '^sweep/[^/]+/(16|256|1024)tok(/|$)')
 
 # Stage 3, decode: one shape per placement. hbm 64 x 8192 (512k tokens: ~69 GB of fp16 KV,
@@ -111,7 +114,7 @@ TRANSFER=(--bench transfer --full --format fp16 --samples 6 --warmup 2
 # whole cache every step, so smaller: dram_prefetch 8 x 8192 (8.6 GB a step at fp16),
 # dram_zero_copy 4 x 8192, nvme 2 x 8192 (2.1 GB a step read from the disk).
 DECODE=(--bench decode --full --format fp16,fp8_e4m3,nvfp4 --samples 6 --warmup 2
-        --set decode.hbm.shapes=64x8192 --set decode.dram_prefetch.shapes=8x8192
+        --set decode.budget_s=1 --set decode.hbm.shapes=64x8192 --set decode.dram_prefetch.shapes=8x8192
         --set decode.dram_zero_copy.shapes=4x8192 --set decode.nvme.shapes=2x8192
         --cases '^kernel-check/' --cases '^ceiling/(hbm|h2d)$' --cases '^hbm/'
         --cases '^dram_prefetch/' --cases '^dram_zero_copy/' --cases '^nvme/')
@@ -121,8 +124,11 @@ DECODE=(--bench decode --full --format fp16,fp8_e4m3,nvfp4 --samples 6 --warmup 
 ACCURACY=(--bench accuracy --full --format fp16,bf16,fp8_e4m3,fp8_e4m3_head,fp8_e4m3_token_head,nvfp4,mxfp4
           --cases '^speed/')
 
-# Stage 5, prefix: a chat-sized prompt and a long one (recompute, dram, nvme each).
-PREFIX=(--bench prefix --full --format fp16 --set prefix.tokens=4096,32768)
+# Stage 5, prefix: a chat-sized prompt and a long one (recompute, dram, nvme each). Each
+# load is sampled alternately with a recompute of the same tokens (at least 6 pairs), so
+# the long prompt is 16k tokens, not 32k (whose recompute would take ~2 s a pair).
+PREFIX=(--bench prefix --full --format fp16 --samples 6 --set prefix.budget_s=1
+        --set prefix.tokens=4096,16384)
 
 # ------------------------------------------------------------------------------ helpers
 FAILED=0

@@ -3,6 +3,7 @@ gather kernel matches a torch gather, cold reads are labelled honestly, figures 
 a physical limit are flagged, and the quick suite runs end to end."""
 
 import json
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -103,8 +104,8 @@ def test_quick_transfer_suite_end_to_end(tmp_path):
     out = tmp_path / "t.json"
     r = subprocess.run(
         [sys.executable, "-m", "kvbench", "run", "--quick", "--bench", "transfer", "--format", "fp16",
-         "--layout", "block", "--set", "transfer.file_bytes=4MiB", "--set", "transfer.threads=1,2",
-         "--samples", "2", "--warmup", "0", "--no-progress", "-o", str(out),
+         "--layout", "block", "--set", "transfer.file_bytes=4MiB", "--set", "transfer.queue_depths=1,2",
+         "--set", "transfer.budget_s=0.05", "--samples", "2", "--warmup", "0", "--no-progress", "-o", str(out),
          "--nvme-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -122,9 +123,21 @@ def test_quick_transfer_suite_end_to_end(tmp_path):
     assert {"nvme->dram", "dram->nvme"} <= dirs
     for c in ok:
         assert c["units"]["gbps"] == "GB/s"
-        assert len(c["samples"]["gbps"]) == 2
+        assert len(c["samples"]["gbps"]) >= 2
         assert c["metrics"]["gbps"] > 0
         assert "pct_of_ceiling" in c["metrics"]
+        if c["config"]["direction"] in ("nvme->dram", "dram->nvme"):
+            # paired in the case: one ratio per pair of paged and ceiling samples
+            pr = c["paired"]["pct_of_ceiling"]
+            assert pr["n"] == len(c["samples"]["gbps"]) == len(c["samples"]["ceiling_gbps"])
+            assert pr["ci_low"] <= pr["median"] <= pr["ci_high"]
+            assert ("unstable" in c.get("flags", [])) == (not c["config"]["sampling"]["converged"])
+            if c["name"].endswith("/warm"):  # asked warm (a cold case may be relabelled warm)
+                assert any(n.startswith("fio reference: not run for warm reads") for n in c["notes"])
+            elif shutil.which("fio"):
+                assert len(c["samples"]["fio_gbps"]) == pr["n"] and "pct_of_fio" in c["metrics"]
+            else:
+                assert any("fio is not on PATH" in n for n in c["notes"])
         if c["config"]["direction"] == "nvme->dram":
             assert c["config"]["cache_state"] in ("cold", "warm")
     assert {c["config"]["cache_state"] for c in ok if c["config"]["direction"] == "nvme->dram"} >= {"warm"}
@@ -144,7 +157,7 @@ def test_gpu_transfer_suite_small(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "kvbench", "run", "--quick", "--bench", "transfer", "--format", "fp16",
          "--set", "transfer.bytes=16MiB", "--set", "transfer.file_bytes=8MiB",
-         "--set", "transfer.ceiling_bytes=64MiB", "--set", "transfer.threads=1,4",
+         "--set", "transfer.ceiling_bytes=64MiB", "--set", "transfer.queue_depths=1,4",
          "--samples", "3", "--warmup", "1", "--no-progress", "-o", str(out), "--nvme-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

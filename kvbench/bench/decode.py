@@ -257,41 +257,61 @@ def _autotune(ctx: RunContext, make_layer: Callable[[Any], Callable[[], Any]]
     return best, timed
 
 
-def _timed_step(ctx: RunContext, step: Callable[[], Any],
-                poison: Callable[[], Any] | None = None) -> tuple[list[float], dict, list[str]]:
-    """One decode step timed as device work: replayed from a CUDA graph behind a GPU
-    sleep. The same step issued eagerly from Python (no sleep: launch gaps included) is
-    timed too, and the difference of medians is the launch overhead. ``poison`` (e.g.
-    filling the output with NaN) runs before one last replay, so the verification that
-    follows checks what the graph computed. Falls back to the eager figure, said in the
-    notes, if capture fails (the step then runs once more eagerly for verification)."""
+def _graph(step: Callable[[], Any]) -> tuple[Callable[[], Any], Any, str]:
+    """(replay, graph, note): the step captured in a CUDA graph, replayed as device work;
+    if capture fails, the eager step itself (said in the note)."""
     import torch
 
-    from kvbench.timing import ahead_note, capture_graph, time_cuda
+    from kvbench.timing import capture_graph
 
-    eager = time_cuda(step, warmup=ctx.warmup, samples=ctx.samples)
-    extra = {"eager_step_s": summarize(eager)["median"]}
     try:
         graph = capture_graph(step)
     except Exception as exc:  # noqa: BLE001 - any capture failure: report, time eagerly
         torch.cuda.synchronize()
-        step()
-        torch.cuda.synchronize()
-        return eager, extra, [f"CUDA graph capture failed ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); step_s is the "
-                              "eager step (launch gaps included)"]
+        return step, None, (f"CUDA graph capture failed ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); step_s is the "
+                            "eager step (launch gaps included)")
+    return graph.replay, graph, "step_s: the step replayed from a CUDA graph"
+
+
+def _timed_step(ctx: RunContext, step: Callable[[], Any],
+                poison: Callable[[], Any] | None = None) -> tuple[list[float], dict, list[str]]:
+    """One decode step timed as device work (a CUDA graph replayed behind a GPU sleep),
+    sampled alternately with the same step issued eagerly from Python (no sleep: launch
+    gaps included); launch_overhead_s is the median of per-pair differences. ``poison``
+    (e.g. filling the output with NaN) runs before one last run, so the verification
+    that follows checks what the graph computed."""
+    import torch
+
+    from kvbench.measure import paired
+
+    step()  # warm: compiled, workspace allocated, before capture
+    torch.cuda.synchronize()
+    replay, graph, note = _graph(step)
     info: dict[str, Any] = {}
-    secs = time_cuda(graph.replay, warmup=1, samples=ctx.samples, ahead=True, info=info)
+    arms = {"step": paired.cuda_arm(replay, 1.0, info=info), "eager": paired.cuda_arm(step, 1.0, ahead=False)}
+    res = paired.interleave(arms, {}, budget_s=_budget(ctx), min_pairs=paired.min_pairs_for(ctx.samples),
+                            warmup=ctx.warmup)
     if poison is not None:
         poison()
-        graph.replay()
+        replay()
     torch.cuda.synchronize()
-    graph = None
-    extra["launch_overhead_s"] = extra["eager_step_s"] - summarize(secs)["median"]
-    return secs, extra, [
-        f"step_s: the step replayed from a CUDA graph ({ahead_note(info)}); eager_step_s: the "
-        "same prepared launches issued from Python, launch gaps included; "
-        "launch_overhead_s: eager minus graph, difference of medians"]
+    return res.arms["step"].seconds, _launch_overhead(res), [_step_note(note, info, graph)]
+
+
+def _launch_overhead(res: Any) -> dict[str, float]:
+    """eager_step_s and launch_overhead_s (median of per-pair eager minus graph)."""
+    step, eager = res.arms["step"].seconds, res.arms["eager"].seconds
+    return {"eager_step_s": summarize(eager)["median"],
+            "launch_overhead_s": summarize([e - g for e, g in zip(eager, step)])["median"]}
+
+
+def _step_note(note: str, info: dict[str, Any], graph: Any) -> str:
+    from kvbench.timing import ahead_note
+
+    return (f"{note}" + (f" ({ahead_note(info)})" if graph is not None and info else "")
+            + "; eager_step_s: the same prepared launches issued from Python, launch gaps included, "
+            "sampled alternately; launch_overhead_s: median of per-pair eager minus step")
 
 
 _STEP_UNITS = {"eager_step_s": "s", "launch_overhead_s": "s"}
@@ -332,6 +352,8 @@ def _finish(ctx: RunContext, name: str, cfg: dict, cache: Cache, secs: list[floa
         m["roofline_gbps"] = roof_gbps
         m["roofline_tok_s"] = cache.B / (kvb / (roof_gbps * GB))
         m["pct_of_roofline"] = 100.0 * m["kv_read_gbps"] / roof_gbps
+        case["notes"].append("pct_of_roofline: not paired, against bandwidths from this run's "
+                             "ceiling cases")
         if measure.above_ceiling(case["stats"]["kv_read_gbps"], roof_gbps, None):
             measure.flag(case, "above_ceiling",
                          f"KV reads at {m['pct_of_roofline']:.0f}% of the placement's roofline, "
@@ -341,9 +363,11 @@ def _finish(ctx: RunContext, name: str, cfg: dict, cache: Cache, secs: list[floa
 
 
 def _relate(ctx: RunContext, case: dict) -> None:
-    """Speed-up vs fused fp16 (same placement and shape; fused and unfused cases alike)
-    and the unfused/fused time ratio."""
+    """Ratios to earlier cases of this run (same placement and shape) that the case did
+    not measure paired itself: speed-up vs fused fp16 and the unfused/fused time ratio,
+    from the two cases' medians, said so in the notes."""
     cfg = case["config"]
+    have = case.get("paired", {})
     for c in ctx.done:
         if c["bench"] != BENCH_KEY or c["status"] != "ok" or c["config"].get("kind") != "decode":
             continue
@@ -351,12 +375,16 @@ def _relate(ctx: RunContext, case: dict) -> None:
         same = all(o.get(k) == cfg.get(k) for k in ("placement", "batch", "context", "device"))
         if not same:
             continue
-        if o["format"] == "fp16" and o["fused"] and cfg["format"] != "fp16":
-            case["metrics"]["speedup_vs_fp16"] = case["metrics"]["tok_s"] / c["metrics"]["tok_s"]
-            case["units"]["speedup_vs_fp16"] = "x"
-        if o["format"] == cfg["format"] and o["fused"] and not cfg["fused"]:
-            case["metrics"]["unfused_over_fused_time"] = case["metrics"]["step_s"] / c["metrics"]["step_s"]
-            case["units"]["unfused_over_fused_time"] = "x"
+        got = None
+        if o["format"] == "fp16" and o["fused"] and cfg["format"] != "fp16" and "speedup_vs_fp16" not in have:
+            got = "speedup_vs_fp16", case["metrics"]["tok_s"] / c["metrics"]["tok_s"]
+        if o["format"] == cfg["format"] and o["fused"] and not cfg["fused"] \
+                and "unfused_over_fused_time" not in have:
+            got = "unfused_over_fused_time", case["metrics"]["step_s"] / c["metrics"]["step_s"]
+        if got:
+            case["metrics"][got[0]] = got[1]
+            case["units"][got[0]] = "x (not paired: medians of two cases of this run)"
+            case["notes"].append(f"{got[0]}: not paired, the medians of this case and {c['name']}")
 
 
 def _cfg(ctx: RunContext, placement: str, fmt: str, batch: int, context: int, fused: bool,
@@ -372,49 +400,131 @@ def _name(placement: str, fmt: str, batch: int, context: int, fused: bool) -> st
 
 
 # ------------------------------------------------------------------------- GPU cases
-def hbm_case(ctx: RunContext, fmt: str, batch: int, context: int, fused: bool) -> dict:
+def _hbm_step(ctx: RunContext, cache: Cache, fused: bool, budget: int) -> dict[str, Any]:
+    """Pages of ``cache`` in HBM (as many layers as ``budget`` bytes hold, kernels cycling
+    over them), its autotuned tile, and its step (all layers) captured in a CUDA graph."""
     import torch
 
-    if not ctx.cuda:
-        raise Skip("needs a CUDA device (none here)")
-    cache = Cache(ctx, fmt, batch, context)
     per_layer = cache.BP * cache.spec.page_bytes
-    free = torch.cuda.mem_get_info()[0]
-    m = ctx.model
-    bf16_kv = 2 * cache.BP * cache.spec.tokens * m.kv_heads * m.head_dim * 2  # unfused K+V copy
-    budget = int(0.55 * free) - (2 * bf16_kv if not fused else 0)
-    nres = max(1, min(cache.L, budget // per_layer))
     if budget < per_layer:
-        raise Skip(f"one layer of {batch}x{context} {fmt} ({per_layer / GB:.1f} GB) does not fit in HBM")
+        raise Skip(f"one layer of {cache.B}x{cache.C} {cache.spec.fmt.name} ({per_layer / GB:.1f} GB) "
+                   "does not fit in HBM")
+    nres = max(1, min(cache.L, budget // per_layer))
     pool = torch.empty(nres * cache.BP, cache.spec.page_bytes, dtype=torch.uint8, device="cuda")
     _fill(pool, cache.templates)
     tables = [cache.table(l * cache.BP, "cuda") for l in range(nres)]
     tile, tuned = _autotune(ctx, lambda t: _layer_fn(cache, pool, tables[0], not fused, t))
     step, ws = _kernel_step(cache, pool, tables, unfused=not fused, layers_resident=nres, tile=tile)
-    secs, extra, notes = _timed_step(ctx, step, lambda: ws["out"].fill_(float("nan")))
-    extra["rel_err"] = _verify(cache, ws["out"], pool, tables[(cache.L - 1) % nres])
-    notes.append(f"{nres} of {cache.L} layers resident (distinct pages), kernels cycle over them; "
-                 "every step still reads L x the per-layer bytes from HBM")
-    notes.append("tile (tokens per step x warps x stages) chosen by a per-case autotune of one "
-                 f"layer: {', '.join(f'{k} {v * 1e6:.1f} us' for k, v in tuned.items())}")
+    step()
+    torch.cuda.synchronize()
+    replay, graph, note = _graph(step)
+    return {"cache": cache, "pool": pool, "tables": tables, "nres": nres, "tile": tile, "tuned": tuned,
+            "step": step, "ws": ws, "replay": replay, "graph": graph, "note": note}
+
+
+def _hbm_arms(ctx: RunContext, fmt: str, fused: bool, main: dict, twin: dict | None, info: dict):
+    """The arms an hbm case samples alternately, and the ratios taken per pair."""
+    import torch
+
+    from kvbench.measure.paired import cuda_arm
+
+    cache = main["cache"]
+    nbytes = (128 if ctx.quick else 512) * MiB
+    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 256)
+    b = torch.empty_like(a)
+    arms = {"step": cuda_arm(main["replay"], cache.B, info=info),
+            "eager": cuda_arm(main["step"], cache.B, ahead=False),
+            "hbm_copy": cuda_arm(lambda: b.copy_(a), 2 * nbytes)}
+    kvb = cache.kv_bytes_per_step
+
+    def pct_of_roofline(s: dict[str, float]) -> float:
+        return (kvb / s["step"]) / (2 * nbytes / s["hbm_copy"])
+    ratios: dict[str, Any] = {"pct_of_roofline": pct_of_roofline}
+    if twin is not None:
+        arms["twin"] = cuda_arm(twin["replay"], cache.B)
+        if fused:
+            ratios["speedup_vs_fp16"] = ("step", "twin")
+        else:
+            ratios["unfused_over_fused_time"] = ("twin", "step")
     if not fused:
         from kvbench.formats.paged import dequantize_pages
-        from kvbench.timing import time_cuda
 
         def dq_only():
             for layer in range(cache.L):
-                dequantize_pages(pool, tables[layer % nres], cache.spec, cache.side, layer=0,
-                                 dtype=torch.bfloat16, backend="triton", check=False)
-        dq = time_cuda(dq_only, warmup=1, samples=ctx.samples, ahead=True)
-        extra["dequant_s"] = summarize(dq)["median"]
-        extra["dequant_share"] = extra["dequant_s"] / summarize(secs)["median"]
-        notes.append("dequant_share: the separate dequantization's time (eager, behind a GPU "
-                     "sleep) over the unfused step time")
-    pool = step = ws = None  # free before the next case allocates
+                dequantize_pages(main["pool"], main["tables"][layer % main["nres"]], cache.spec, cache.side,
+                                 layer=0, dtype=torch.bfloat16, backend="triton", check=False)
+        arms["dq"] = cuda_arm(dq_only, cache.B)
+        ratios["dequant_share"] = ("step", "dq")
+    return arms, ratios, (a, b)
+
+
+def hbm_case(ctx: RunContext, fmt: str, batch: int, context: int, fused: bool) -> dict:
+    """Decode with every page in HBM, sampled alternately in the case with: the same
+    step issued eagerly (launch overhead), a device-to-device copy (the roofline), and
+    a twin (fused fp16 for a fused case: speed-up; the fused kernel of the same format
+    for an unfused case: its cost) and the separate dequantization (unfused)."""
+    import torch
+
+    from kvbench.measure import paired
+
+    if not ctx.cuda:
+        raise Skip("needs a CUDA device (none here)")
+    cache = Cache(ctx, fmt, batch, context)
+    free = torch.cuda.mem_get_info()[0]
+    m = ctx.model
+    bf16_kv = 2 * cache.BP * cache.spec.tokens * m.kv_heads * m.head_dim * 2  # unfused K+V copy
+    has_twin = not (fused and fmt == "fp16")
+    budget = int((0.45 if has_twin else 0.55) * free) - (2 * bf16_kv if not fused else 0)
+    main = _hbm_step(ctx, cache, fused, budget // (2 if has_twin else 1))
+    twin = None
+    if has_twin:
+        twin = _hbm_step(ctx, Cache(ctx, "fp16", batch, context) if fused else cache, True,
+                         budget // 2)
+    info: dict[str, Any] = {}
+    arms, ratios, keep = _hbm_arms(ctx, fmt, fused, main, twin, info)
+    res = paired.interleave(arms, ratios, budget_s=_budget(ctx),
+                            min_pairs=paired.min_pairs_for(ctx.samples), warmup=ctx.warmup)
+    main["ws"]["out"].fill_(float("nan"))
+    main["replay"]()  # verify what the graph computes
+    torch.cuda.synchronize()
+    extra = {"rel_err": _verify(cache, main["ws"]["out"], main["pool"],
+                                main["tables"][(cache.L - 1) % main["nres"]]), **_launch_overhead(res)}
+    notes = [_step_note(main["note"], info, main["graph"]),
+             f"{main['nres']} of {cache.L} layers resident (distinct pages), kernels cycle over them; "
+             "every step still reads L x the per-layer bytes from HBM",
+             "tile (tokens per step x warps x stages) chosen by a per-case autotune of one layer: "
+             + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in main["tuned"].items()),
+             "roofline: a device-to-device copy (bytes read + written) sampled alternately in this "
+             "case; pct_of_roofline per pair"]
+    if twin is not None:
+        notes.append(("speedup_vs_fp16: per pair with fused fp16 of the same shape" if fused else
+                      "unfused_over_fused_time: per pair with the fused kernel of the same format")
+                     + ", sampled alternately in this case")
+    cfg = _cfg(ctx, "hbm", fmt, batch, context, fused, layers_resident=main["nres"],
+               tile=main["tile"].describe())
+    res.release()
+    del main, twin, arms, keep  # free before the next case allocates
     torch.cuda.empty_cache()
-    cfg = _cfg(ctx, "hbm", fmt, batch, context, fused, layers_resident=nres, tile=tile.describe())
-    return _finish(ctx, _name("hbm", fmt, batch, context, fused), cfg, cache, secs,
-                   _measured(ctx, "hbm"), notes, extra)
+    case = _finish(ctx, _name("hbm", fmt, batch, context, fused), cfg, cache, res.arms["step"].seconds,
+                   None, notes, extra)
+    paired.record(case, res, percent=("pct_of_roofline",))
+    _roofline_from_pairs(case, res)
+    return case
+
+
+def _roofline_from_pairs(case: dict, res: Any) -> None:
+    """roofline_gbps / roofline_tok_s from the paired copy; above_ceiling when the
+    paired pct_of_roofline's interval is entirely above 100%."""
+    from kvbench.measure import flag
+
+    copy = res.arms["hbm_copy"]
+    m = case["metrics"]
+    m["roofline_gbps"] = summarize([copy.work / s / GB for s in copy.seconds])["median"]
+    m["roofline_tok_s"] = case["config"]["batch"] / (m["kv_bytes_per_step"] / (m["roofline_gbps"] * GB))
+    pr = case["paired"]["pct_of_roofline"]
+    if pr["ci_low"] > 100.0:
+        flag(case, "above_ceiling", f"KV reads at {pr['median']:.0f}% of the paired roofline "
+             f"({pr['ci_low']:.0f}-{pr['ci_high']:.0f}%): the copy did not bound the kernel")
 
 
 def _host_pool(cache: Cache, pin: bool):
@@ -644,63 +754,87 @@ def _tuned_tile(ctx: RunContext, fmt: str) -> Any:
 
 
 # ------------------------------------------------------------------------- CPU reference
-def cpu_reference_case(ctx: RunContext, fmt: str, batch: int, context: int, placement: str) -> dict:
-    """The torch reference decode on the CPU, KV read from pageable DRAM or from an NVMe
-    file (O_DIRECT, cold) layer by layer. CPU reference numbers, not GPU figures."""
+def _cpu_step(ctx: RunContext, fmt: str, batch: int, context: int, placement: str):
+    """(cache, step, setup, close, resid) of the torch reference decode on the CPU, KV
+    read from pageable DRAM or layer by layer from an NVMe file (O_DIRECT, cold)."""
     from kvbench import movers
     from kvbench.attention import decode_reference
-    from kvbench.timing import time_host
 
     cache = Cache(ctx, fmt, batch, context)
     host = _host_pool(cache, pin=False)
     tables = [cache.table(l * cache.BP, "cpu") for l in range(cache.L)]
-    notes = ["CPU reference numbers (torch gather + fp32 softmax attention), not GPU figures"]
     resid: list[float] = []
-    setup = None
-    close = None
     out: dict[str, Any] = {}
     if placement == "dram":
         def step():
             for layer in range(cache.L):
                 out["o"] = decode_reference(cache.q, host, tables[layer], cache.lens, cache.spec, 0, cache.side)
-    else:
-        from kvbench.store import PagePool
-        from kvbench.tiers.dram import aligned_host_empty
+        return cache, step, None, lambda: None, resid
+    from kvbench.store import PagePool
+    from kvbench.tiers.dram import aligned_host_empty
 
-        tier = odirect_tier_or_skip(ctx)
-        pool = PagePool(tier, cache.spec, cache.L * cache.BP)
-        pool.write_pages(list(range(cache.L * cache.BP)), host, method="odirect")
-        f = pool.file()
-        f.sync()
-        stage = aligned_host_empty(cache.BP * pool.stride, pin=False).view(cache.BP, pool.stride)
-        readers = [movers.file_reader(f, pool.stride, list(range(l * cache.BP, (l + 1) * cache.BP)),
-                                      stage, "odirect", None, cache.spec.page_bytes)
-                   for l in range(cache.L)]
-        local = cache.table(0, "cpu")
+    tier = odirect_tier_or_skip(ctx)
+    pool = PagePool(tier, cache.spec, cache.L * cache.BP)
+    pool.write_pages(list(range(cache.L * cache.BP)), host, method="odirect")
+    f = pool.file()
+    f.sync()
+    stage = aligned_host_empty(cache.BP * pool.stride, pin=False).view(cache.BP, pool.stride)
+    readers = [movers.file_reader(f, pool.stride, list(range(l * cache.BP, (l + 1) * cache.BP)),
+                                  stage, "odirect", None, cache.spec.page_bytes)
+               for l in range(cache.L)]
+    local = cache.table(0, "cpu")
 
-        def step():
-            for layer in range(cache.L):
-                readers[layer]()
-                out["o"] = decode_reference(cache.q, stage, local, cache.lens, cache.spec, 0, cache.side)
-        setup = lambda: resid.append(f.drop_cache())  # noqa: E731
+    def step_nvme():
+        for layer in range(cache.L):
+            readers[layer]()
+            out["o"] = decode_reference(cache.q, stage, local, cache.lens, cache.spec, 0, cache.side)
 
-        def close_files():
-            pool.close()
-            tier.close()
-        close = close_files
+    def close():
+        pool.close()
+        tier.close()
+    return cache, step_nvme, lambda: resid.append(f.drop_cache()), close, resid
+
+
+def cpu_reference_case(ctx: RunContext, fmt: str, batch: int, context: int, placement: str) -> dict:
+    """The torch reference decode on the CPU, KV read from pageable DRAM or from an NVMe
+    file (O_DIRECT, cold) layer by layer; a quantized format is sampled alternately with
+    fp16 at the same placement and shape (speedup_vs_fp16, per pair). CPU reference
+    numbers, not GPU figures."""
+    from kvbench.measure import paired
+
+    notes = ["CPU reference numbers (torch gather + fp32 softmax attention), not GPU figures"]
+    closers = []
     try:
-        secs = time_host(step, warmup=ctx.warmup, samples=ctx.samples, setup=setup)
+        cache, step, setup, close, resid = _cpu_step(ctx, fmt, batch, context, placement)
+        closers.append(close)
+        arms = {"step": paired.host_arm(step, cache.B, setup)}
+        ratios = {}
+        if fmt != "fp16":
+            _, step16, setup16, close16, _ = _cpu_step(ctx, "fp16", batch, context, placement)
+            closers.append(close16)
+            arms["fp16"] = paired.host_arm(step16, cache.B, setup16)
+            ratios["speedup_vs_fp16"] = ("step", "fp16")
+            notes.append("speedup_vs_fp16: per pair of this step and an fp16 step of the same "
+                         "placement and shape, sampled alternately in this case")
+        res = paired.interleave(arms, ratios, budget_s=_budget(ctx),
+                                min_pairs=paired.min_pairs_for(ctx.samples), warmup=ctx.warmup)
     finally:
-        if close is not None:
-            close()
+        for c in closers:
+            c()
     if resid:
         worst = max(resid[ctx.warmup:] or [1.0])
         notes.append(f"{'cold' if worst <= 0.01 else 'warm'}: at most {worst:.1%} of the file "
                      "resident before each step")
     cfg = _cfg(ctx, placement, fmt, batch, context, True, implementation="torch reference")
-    host = None
-    return _finish(ctx, _name(placement, fmt, batch, context, True) + "/cpu-reference", cfg,
-                   cache, secs, None, notes)
+    case = _finish(ctx, _name(placement, fmt, batch, context, True) + "/cpu-reference", cfg,
+                   cache, res.arms["step"].seconds, None, notes)
+    paired.record(case, res)
+    return case
+
+
+def _budget(ctx: RunContext) -> float:
+    """Seconds a case may sample its paired figures for."""
+    return ctx.opt("decode.budget_s", 3.0 if ctx.quick else 15.0, float)
 
 
 def kernel_check_case(ctx: RunContext, fmt: str) -> dict:
@@ -791,6 +925,7 @@ BENCH = Benchmark(
         'decode.nvme.shapes': 'batch x context pairs for placement nvme, e.g. 64x8192,16x32768',
         'decode.dram.shapes': 'batch x context pairs for placement dram, e.g. 64x8192,16x32768',
         'decode.nvme.threads': 'O_DIRECT reader threads for placement nvme (default 4 quick, 32 full)',
+        'decode.budget_s': 'seconds a case samples its paired figures for (default 3 quick, 15 full)',
         'decode.hot_window': 'tokens per sequence kept in HBM for placement hot_window (default 1024)',
         'decode.tiles': 'decode-kernel tiles the hbm autotune tries, tokens-per-step x warps x stages, '
                         'e.g. 16x4x3,64x8x2 (default: every choice the kernel offers)',

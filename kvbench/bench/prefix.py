@@ -461,10 +461,61 @@ def _dst_tier(ctx: RunContext):
     return tier_or_skip("hbm" if ctx.cuda else "dram", ctx)
 
 
+def _recompute_arm(ctx: RunContext, tokens: int) -> tuple[Any, str]:
+    """The recompute of the same N tokens as an arm of a load case, sampled alternately
+    with the load: on CUDA every layer (CUDA events), on the CPU one layer of each
+    distinct shape in fp32, weighted by how many layers have it (as recompute_case)."""
+    import torch
+
+    from kvbench.measure.paired import Arm, cuda_arm
+
+    kinds, _ = prefill_layers(ctx.model)
+    dtype = torch.bfloat16 if ctx.cuda else torch.float32
+    pf = Prefill(ctx.model, tokens, kinds, device=ctx.device, dtype=dtype, seed=ctx.seed,
+                 kv_slots=len(kinds) if ctx.cuda else 1)
+    if ctx.cuda:
+        torch.cuda.synchronize()
+        return cuda_arm(pf.run_all, 1.0, torch.cuda.Stream()), f"all {len(kinds)} layers, bf16"
+    counts = Counter(kinds)
+
+    def sample(k: int) -> list[float]:
+        out = []
+        for _ in range(k):
+            total = 0.0
+            for kd, c in counts.items():
+                t0 = time.perf_counter()
+                pf.run_one(kd)
+                total += c * (time.perf_counter() - t0)
+            out.append(total)
+        return out
+    return Arm(sample, 1.0), f"one layer per distinct shape in fp32, x its {len(kinds)}-layer count"
+
+
+def _paired_load(ctx: RunContext, tokens: int, load: Any, notes: list[str]) -> Any:
+    """Sample the load and the recompute of the same prefix alternately."""
+    from kvbench.measure.paired import interleave, min_pairs_for
+
+    why = "" if "recompute" in sources(ctx) else "recompute not among --set prefix.sources"
+    if not why:
+        try:
+            rec, how = _recompute_arm(ctx, tokens)
+        except Skip as e:
+            why = str(e)
+    if why:
+        notes.append(f"{why}: break-even and speed-up not computed")
+        return interleave({"load": load}, {}, budget_s=_budget(ctx), min_pairs=min_pairs_for(ctx.samples),
+                          warmup=min(ctx.warmup, 1))
+    notes.append(f"speed-up vs recompute: per pair of a load and a recompute of the same {tokens} "
+                 f"tokens sampled alternately in this case (recompute: {how})")
+    return interleave({"load": load, "recompute": rec}, {"speedup_vs_recompute": ("load", "recompute")},
+                      budget_s=_budget(ctx), min_pairs=min_pairs_for(ctx.samples), warmup=min(ctx.warmup, 1))
+
+
 def dram_case(ctx: RunContext, tokens: int) -> dict[str, Any]:
     """Pages of one prefix, consecutive in a host pool, moved by one coalesced copy."""
     import torch
 
+    from kvbench.measure.paired import cuda_arm, host_arm
     from kvbench.store import PagePool
 
     spec = _spec(ctx)
@@ -472,7 +523,7 @@ def dram_case(ctx: RunContext, tokens: int) -> dict[str, Any]:
     cfg = _load_cfg(ctx, "dram", tokens, spec, n)
     src = PagePool(tier_or_skip("dram", ctx), spec, n)
     dst = PagePool(_dst_tier(ctx), spec, n)
-    notes = []
+    notes: list[str] = []
     try:
         s0, d0 = _span(_prefix_pages(src, tokens)), _span(_prefix_pages(dst, tokens))
         _fill_bytes(src.tensor.view(-1), ctx, key=1)
@@ -480,32 +531,32 @@ def dram_case(ctx: RunContext, tokens: int) -> dict[str, Any]:
         a, b = src.tensor[s0: s0 + n], dst.tensor[d0: d0 + n]  # contiguous: stride == page_bytes
         cfg.update(src=src.tier.label, dst=dst.tier.label, method="one coalesced copy_")
         if ctx.cuda:
-            stream = torch.cuda.Stream()
             torch.cuda.synchronize()
-            secs, warm = _timed(ctx, lambda: b.copy_(a, non_blocking=True), budget_s=_budget(ctx),
-                                stream=stream)
-            torch.cuda.synchronize()
+            load = cuda_arm(lambda: b.copy_(a, non_blocking=True), 1.0, torch.cuda.Stream())
             notes.append("one cudaMemcpyAsync of the prefix's pages, pinned host -> HBM; CUDA events")
         else:
-            secs, warm = _timed(ctx, lambda: b.copy_(a), budget_s=_budget(ctx))
+            load = host_arm(lambda: b.copy_(a), 1.0)
             notes += [CPU_NOTE, "source: a pageable host pool; destination: a second host pool "
                       "standing in for HBM (no GPU here)"]
+        res = _paired_load(ctx, tokens, load, notes)
+        if ctx.cuda:
+            torch.cuda.synchronize()
         if not _equal_rows(b, a):
             raise AssertionError("pages differ after the dram load")
     finally:
         src.close()
         dst.close()
-    _method_config(ctx, cfg, notes, secs, warm)
-    return _load_result(ctx, cfg, tokens, spec, n, secs, notes, "dram->hbm")
+    return _load_result(ctx, cfg, tokens, spec, n, res, notes, "dram->hbm")
 
 
 def nvme_case(ctx: RunContext, tokens: int) -> dict[str, Any]:
-    """Pages of one prefix in a file pool, read cold in chunks by a thread pool into two
-    staging buffers (pinned with CUDA), each copied to the destination while the
-    other fills."""
+    """Pages of one prefix in a file pool, read cold in chunks at queue depth
+    ``prefix.threads`` into two staging buffers (pinned with CUDA), each copied to the
+    destination while the other fills (``kvbench.measure.staged``)."""
     import torch
 
-    from kvbench.measure import label_cache
+    from kvbench.measure import label_cache, staged
+    from kvbench.measure.paired import host_arm
     from kvbench.store import PagePool
     from kvbench.tiers.dram import aligned_host_empty
 
@@ -538,42 +589,14 @@ def nvme_case(ctx: RunContext, tokens: int) -> dict[str, Any]:
         out = dst.tensor[d0: d0 + n]
         chunk = max(1, min(n, _chunk_bytes(ctx) // stride))
         staging = [aligned_host_empty(chunk * stride, pin=cuda).view(chunk, stride) for _ in range(2)]
-        direct_rows = stride == pb  # staging rows match destination rows: copy them as is
-        dev_stage = ([torch.empty(chunk, stride, dtype=torch.uint8, device="cuda") for _ in range(2)]
-                     if cuda and not direct_rows else None)
-        done = [torch.cuda.Event() for _ in range(2)] if cuda else None
-        stream = torch.cuda.Stream() if cuda else None
-        readers = []
-        for ci, start in enumerate(range(0, n, chunk)):
-            ids = list(range(s0 + start, s0 + min(n, start + chunk)))
-            readers.append((start, len(ids), movers.file_reader(
-                f, stride, ids, staging[ci % 2], method, tp, pb)))
-
-        def load() -> None:
-            for ci, (start, k, read) in enumerate(readers):
-                b = ci % 2
-                if cuda:
-                    done[b].synchronize()  # the copy out of staging b has finished
-                read()
-                rows = out[start: start + k]
-                if not cuda:
-                    rows.copy_(staging[b][:k, :pb])
-                    continue
-                with torch.cuda.stream(stream):
-                    if direct_rows:
-                        rows.copy_(staging[b][:k], non_blocking=True)
-                    else:
-                        dev_stage[b][:k].copy_(staging[b][:k], non_blocking=True)
-                        rows.copy_(dev_stage[b][:k, :pb])
-                    done[b].record(stream)
-            if cuda:
-                stream.synchronize()
-
+        hand_on = _hand_on(cuda, out, staging, chunk, stride, pb)
+        load = staged.StagedReader(staged.page_chunks(f, stride, list(range(s0, s0 + n)), staging,
+                                                      method, tp, pb, chunk), 2, hand_on)
         resid: list[float] = []
         if cuda:
             torch.cuda.synchronize()
-        secs, warm = _timed(ctx, load, budget_s=_budget(ctx), setup=lambda: resid.append(f.drop_cache()),
-                            warmup_cap=1)
+        res = _paired_load(ctx, tokens, host_arm(load, 1.0, setup=lambda: resid.append(f.drop_cache())),
+                           notes)
         if cuda:
             torch.cuda.synchronize()
         if not _equal_rows(out, data):
@@ -595,25 +618,62 @@ def nvme_case(ctx: RunContext, tokens: int) -> dict[str, Any]:
         + "; host timer around the whole load, final synchronisation included")
     if not cuda:
         notes.insert(0, CPU_NOTE)
-    _method_config(ctx, cfg, notes, secs, warm, warmup_cap=1)
-    case = _load_result(ctx, cfg, tokens, spec, n, secs, notes, "nvme->hbm")
-    label_cache(case, resid[warm:], want="cold")
+    case = _load_result(ctx, cfg, tokens, spec, n, res, notes, "nvme->hbm")
+    label_cache(case, resid[min(ctx.warmup, 1):], want="cold")
     return case
 
 
+def _hand_on(cuda: bool, out: Any, staging: list[Any], chunk: int, stride: int, pb: int):
+    """What happens to a chunk of a prefix's pages once read into staging: on CUDA an
+    H2D copy (through a device staging buffer when the file's rows are padded), else a
+    host copy."""
+    import torch
+
+    if not cuda:
+        def host_copy(c):
+            out[c.start: c.start + c.rows].copy_(staging[c.slot][:c.rows, :pb])
+        return host_copy
+    direct_rows = stride == pb  # staging rows match destination rows: copy them as is
+    dev_stage = None if direct_rows else [torch.empty(chunk, stride, dtype=torch.uint8, device="cuda")
+                                          for _ in range(2)]
+    done = [torch.cuda.Event() for _ in range(2)]
+    stream = torch.cuda.Stream()
+
+    def h2d(c):
+        rows = out[c.start: c.start + c.rows]
+        with torch.cuda.stream(stream):
+            if direct_rows:
+                rows.copy_(staging[c.slot][:c.rows], non_blocking=True)
+            else:
+                dev_stage[c.slot][:c.rows].copy_(staging[c.slot][:c.rows], non_blocking=True)
+                rows.copy_(dev_stage[c.slot][:c.rows, :pb])
+            done[c.slot].record(stream)
+        return done[c.slot]
+    return h2d
+
+
 def _load_result(ctx: RunContext, cfg: dict[str, Any], tokens: int, spec: PageSpec, n: int,
-                 secs: list[float], notes: list[str], direction: str) -> dict[str, Any]:
+                 res: Any, notes: list[str], direction: str) -> dict[str, Any]:
+    from kvbench.measure import paired
+
     nbytes = n * spec.page_bytes
-    case = make_case(BENCH_KEY, _name(tokens, cfg["source"]), cfg,
-                     samples={"seconds": secs, "load_s": secs, "gbps": [nbytes / s / GB for s in secs]},
+    secs = res.arms["load"].seconds
+    samples = {"seconds": secs, "load_s": secs, "gbps": [nbytes / s / GB for s in secs]}
+    if "recompute" in res.arms:
+        samples["recompute_s"] = res.arms["recompute"].seconds
+    case = make_case(BENCH_KEY, _name(tokens, cfg["source"]), cfg, samples=samples,
                      units={"seconds": "s", "load_s": "s", "gbps": "GB/s", "kv_bytes": "B",
-                            "bytes": "B"},
+                            "bytes": "B", "recompute_s": "s (same N, sampled alternately in this case)",
+                            "break_even_gbps": "GB/s (KV bytes / recompute_s: load is faster above it)",
+                            "speedup_vs_recompute": "x (recompute_s / load_s, median of per-pair ratios)"},
                      metrics={"kv_bytes": cfg["kv_bytes"], "bytes": nbytes},
                      notes=notes)
     if nbytes != cfg["kv_bytes"]:
         case["notes"].append(f"pages hold {nbytes:,} B for the model's {cfg['kv_bytes']:,} B of KV "
                              "(whole pages; block pages hold every layer for every token)")
-    _vs_recompute(ctx, case, tokens)
+    paired.record(case, res)
+    if "recompute_s" in case["metrics"]:
+        case["metrics"]["break_even_gbps"] = cfg["kv_bytes"] / case["metrics"]["recompute_s"] / GB
     if ctx.cuda:
         from kvbench.measure import check_limits
 
@@ -624,26 +684,6 @@ def _load_result(ctx: RunContext, cfg: dict[str, Any], tokens: int, spec: PageSp
                                  f"recomputed {lo:g}-{hi:g}x faster ({PUBLISHED_MODEL}, H100); a TTFT "
                                  "figure, this case times the KV load alone")
     return case
-
-
-def _vs_recompute(ctx: RunContext, case: dict[str, Any], tokens: int) -> None:
-    """break_even_gbps and speedup_vs_recompute from this run's recompute case of N."""
-    rc = [c for c in ctx.done if c["bench"] == BENCH_KEY and c["config"].get("source") == "recompute"
-          and c["config"].get("prefix_tokens") == tokens and c["config"].get("model") == ctx.model.name]
-    ok = [c for c in rc if c["status"] == "ok"]
-    if not ok:
-        why = f" ({rc[-1]['reason']})" if rc and rc[-1].get("reason") else ""
-        case["notes"].append(f"no recompute case of {tokens} tokens ran ok in this run{why}: "
-                             "break-even and speed-up not computed")
-        return
-    r = ok[-1]["metrics"]["recompute_s"]
-    m = case["metrics"]
-    m["recompute_s"] = r
-    m["break_even_gbps"] = case["config"]["kv_bytes"] / r / GB
-    m["speedup_vs_recompute"] = r / m["load_s"]
-    case["units"].update(recompute_s="s (same N, this run)",
-                         break_even_gbps="GB/s (KV bytes / recompute_s: load is faster above it)",
-                         speedup_vs_recompute="x (recompute_s / load_s)")
 
 
 # ----------------------------------------------------------------------------- plan

@@ -28,7 +28,7 @@ from kvbench.bench import Benchmark, Case, RunContext, Skip, odirect_tier_or_ski
 from kvbench.results import make_case, skipped_case, summarize
 from kvbench.timing import ahead_note
 from kvbench.spec import PageSpec, get_format
-from kvbench.units import GB, MiB, parse_size
+from kvbench.units import MiB, parse_size
 
 BENCH_KEY = "transfer"
 
@@ -36,6 +36,13 @@ GPU_DIRECTIONS = ("dram->hbm", "hbm->dram", "dram<->hbm", "hbm->hbm", "nvme->hbm
 FILE_DIRECTIONS = ("nvme->dram", "dram->nvme")
 SWEEP_TOKENS = (16, 32, 64, 128, 256, 512, 1024)
 SWEEP_TOKENS_QUICK = (16, 64, 256, 1024)
+
+#: file cases sample each arm this many times in a row per round: 1, strict
+#: alternation (on the CI VM's virtual disk, blocks of 4 pair kvbench with fio 5%
+#: worse than strict alternation: the disk's state drifts within a second)
+FILE_BLOCK = 1
+#: request size of the sequential O_DIRECT read that is a cold paged read's ceiling
+SEQ_READ_REQUEST = 1 * 2 ** 20
 
 #: bidirectional per_page copies alternate between the two streams every this many pages
 PER_PAGE_CHUNK = 256
@@ -50,8 +57,15 @@ def sample_bytes(ctx: RunContext, direction: str) -> int:
     return ctx.opt("transfer.bytes", (64 if ctx.quick else 512) * MiB, parse_size)
 
 
-def threads_sweep(ctx: RunContext) -> list[int]:
-    return ctx.opt_list("transfer.threads", [1, 4] if ctx.quick else [1, 4, 16, 32])
+def depth_sweep(ctx: RunContext) -> list[int]:
+    """Queue depths of O_DIRECT file I/O: requests in flight, one per thread."""
+    return ctx.opt_list("transfer.queue_depths", [1, 4, 16, 64])
+
+
+def fio_engine(method: str) -> str:
+    from kvbench.measure.fio import ENGINES
+
+    return ENGINES[method]
 
 
 def _pages_for(spec: PageSpec, nbytes: int) -> int:
@@ -180,8 +194,6 @@ def gpu_paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, token
                    method: str, kind: str = "paged") -> dict[str, Any]:
     import torch
 
-    from kvbench.timing import time_cuda
-
     if not ctx.cuda:
         raise Skip("needs a CUDA device (none here)")
     spec = PageSpec(ctx.model, get_format(fmt), tokens, layout)
@@ -191,17 +203,25 @@ def gpu_paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, token
         return _bidir_paged(ctx, spec, n, method, cfg)
     src, dst = direction.split("->")
     p = _Pools(ctx, src, dst, spec, n, (direction, fmt, layout, tokens))
+    nbytes = n * spec.page_bytes
     try:
+        from kvbench.measure import paired
+
         stream = _cuda_stream()
         fn = _mover(ctx, method, p, stream)
+        # the ceiling, sampled alternately in this case: one contiguous copy of the
+        # same bytes between the same tiers on the same stream
+        a, b = _contiguous_buffers(src, dst, nbytes)
         # the host enqueue (thousands of copy_ calls, or cuda-python checking every page
         # address for batched) runs behind a GPU sleep, checked per sample: the time is
         # the copies' own, and the enqueue time is reported beside it
         ahead: dict[str, Any] = {}
-        secs = time_cuda(fn, warmup=ctx.warmup, samples=ctx.samples, stream=stream,
-                         ahead=True, info=ahead)
+        res = paired.interleave(
+            {"paged": paired.cuda_arm(fn, nbytes, stream, info=ahead),
+             "ceiling": paired.cuda_arm(lambda: b.copy_(a, non_blocking=True), nbytes, stream)},
+            {"pct_of_ceiling": ("paged", "ceiling")}, budget_s=budget_s(ctx),
+            min_pairs=paired.min_pairs_for(ctx.samples), warmup=ctx.warmup)
         torch.cuda.synchronize()
-        nbytes = n * spec.page_bytes
         if method == "coalesced":
             ok = torch.equal(p.src.tensor.view(-1)[: n * p.src.stride].to("cuda"),
                              p.dst.tensor.view(-1)[: n * p.src.stride].to("cuda"))
@@ -209,14 +229,21 @@ def gpu_paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, token
                 raise AssertionError("coalesced copy moved wrong data")
         else:
             p.verify()
+        a = b = None
     finally:
         p.close()
-    notes = [f"{n} pages of {spec.page_bytes:,} B, scattered, random order", ahead_note(ahead)]
+    secs = res.arms["paged"].seconds
+    notes = [f"{n} pages of {spec.page_bytes:,} B, scattered, random order", ahead_note(ahead),
+             f"ceiling: one contiguous {nbytes:,} B copy {direction} on the same stream, sampled "
+             "alternately with the paged copies"]
     case = make_case(BENCH_KEY, _name(direction, spec, method, kind=kind), cfg,
-                     samples={"gbps": gbps(nbytes, secs), "seconds": secs},
-                     units={"gbps": "GB/s", "seconds": "s", "host_enqueue_s": "s"},
+                     samples={"gbps": gbps(nbytes, secs), "seconds": secs,
+                              "ceiling_gbps": gbps(nbytes, res.arms["ceiling"].seconds)},
+                     units={"gbps": "GB/s", "seconds": "s", "host_enqueue_s": "s", "ceiling_gbps": "GB/s"},
                      metrics={"host_enqueue_s": ahead["enqueue_s"], "host_bound": ahead["host_bound"]},
                      notes=notes)
+    paired.record(case, res, percent=("pct_of_ceiling",))
+    case["metrics"]["ceiling_gbps"] = case["stats"]["ceiling_gbps"]["median"]
     return check_limits(ctx, case, direction)
 
 
@@ -270,9 +297,11 @@ def _bidir_paged(ctx: RunContext, spec: PageSpec, n: int, method: str, cfg: dict
     return check_limits(ctx, case, "dram<->hbm")
 
 
-def nvme_to_hbm_case(ctx: RunContext, fmt: str, layout: str, threads: int) -> dict[str, Any]:
-    """O_DIRECT reads by a thread pool into two pinned staging buffers, each copied to
-    HBM and scattered into the destination pages while the other fills."""
+def nvme_to_hbm_case(ctx: RunContext, fmt: str, layout: str, depth: int) -> dict[str, Any]:
+    """O_DIRECT page reads at queue depth ``depth`` into two pinned staging buffers,
+    each copied to HBM and scattered into the destination pages while the other
+    fills (``kvbench.measure.staged``); sampled alternately with its ceiling, a
+    sequential O_DIRECT read of the same file into pinned memory, cold."""
     from kvbench.store import PagePool
 
     if not ctx.cuda:
@@ -280,7 +309,7 @@ def nvme_to_hbm_case(ctx: RunContext, fmt: str, layout: str, threads: int) -> di
     direction = "nvme->hbm"
     spec = PageSpec(ctx.model, get_format(fmt), ctx.tokens_per_page, layout)
     n = _pages_for(spec, sample_bytes(ctx, direction))
-    cfg = _cfg(ctx, direction, spec, "odirect+pinned_staging", n, "paged", threads=threads)
+    cfg = _cfg(ctx, direction, spec, "odirect+pinned_staging", n, "paged", depth=depth)
     rng = _rng(ctx, direction, fmt, layout)
     nvme = odirect_tier_or_skip(ctx)
     try:
@@ -290,16 +319,17 @@ def nvme_to_hbm_case(ctx: RunContext, fmt: str, layout: str, threads: int) -> di
         nvme.close()
         raise
     try:
-        return _nvme_to_hbm(ctx, spec, n, cfg, rng, nvme, src, dst, threads)
+        return _nvme_to_hbm(ctx, spec, n, cfg, rng, src, dst, depth)
     finally:
         src.close()
         dst.close()
         nvme.close()
 
 
-def _nvme_to_hbm(ctx, spec, n, cfg, rng, nvme, src, dst, threads):
+def _nvme_to_hbm(ctx, spec, n, cfg, rng, src, dst, depth):
     import torch
 
+    from kvbench.measure import paired, staged
     from kvbench.tiers.dram import aligned_host_empty
 
     direction = "nvme->hbm"
@@ -311,51 +341,43 @@ def _nvme_to_hbm(ctx, spec, n, cfg, rng, nvme, src, dst, threads):
     dev_stage = [torch.empty(chunk, src.stride, dtype=torch.uint8, device="cuda") for _ in range(2)]
     done = [torch.cuda.Event() for _ in range(2)]
     stream = _cuda_stream()
-    pool = ThreadPoolExecutor(threads)
+    pool = ThreadPoolExecutor(depth)
     dst_idx = torch.tensor(dst_ids, dtype=torch.long, device="cuda")
-    readers = []
-    for ci, start in enumerate(range(0, n, chunk)):
-        ids = src_ids[start: start + chunk]
-        readers.append((start, len(ids), movers.file_reader(
-            f, src.stride, ids, staging[ci % 2], "odirect", pool, spec.page_bytes)))
 
-    def run() -> None:
-        for ci, (start, k, read) in enumerate(readers):
-            b = ci % 2
-            done[b].synchronize()  # staging b is free again
-            read()
-            with torch.cuda.stream(stream):
-                dev_stage[b][:k].copy_(staging[b][:k], non_blocking=True)
-                dst.tensor[:, : spec.page_bytes].index_copy_(
-                    0, dst_idx[start: start + k], dev_stage[b][:k, : spec.page_bytes])
-                done[b].record(stream)
-        stream.synchronize()
+    def hand_on(c: staged.Chunk):
+        with torch.cuda.stream(stream):
+            dev_stage[c.slot][:c.rows].copy_(staging[c.slot][:c.rows], non_blocking=True)
+            dst.tensor[:, : spec.page_bytes].index_copy_(
+                0, dst_idx[c.start: c.start + c.rows], dev_stage[c.slot][:c.rows, : spec.page_bytes])
+            done[c.slot].record(stream)
+        return done[c.slot]
 
+    run = staged.StagedReader(staged.page_chunks(f, src.stride, src_ids, staging, "odirect", pool,
+                                                 spec.page_bytes, chunk), 2, hand_on)
     resid: list[float] = []
-
-    def setup() -> None:
-        resid.append(f.drop_cache())
     try:
-        from kvbench.timing import time_host
-        secs = time_host(run, warmup=ctx.warmup, samples=ctx.samples, setup=setup)
+        seq_out = aligned_host_empty(f.nbytes, pin=True)
+        arms = {"paged": paired.host_arm(run, n * spec.page_bytes, setup=lambda: resid.append(f.drop_cache())),
+                "ceiling": paired.host_arm(movers.sequential_reader(f, f.nbytes, seq_out, SEQ_READ_REQUEST, "odirect", pool),
+                                          f.nbytes, setup=f.drop_cache)}
+        res = paired.interleave(arms, {"pct_of_ceiling": ("paged", "ceiling")}, budget_s=budget_s(ctx),
+                                min_pairs=paired.min_pairs_for(ctx.samples), warmup=ctx.warmup)
         got = dst.read_pages(dst_ids).cpu()
         if not torch.equal(got, data):
             raise AssertionError("pages differ after nvme->hbm")
-        # this case's ceiling: the same file read sequentially with O_DIRECT, cold
-        seq_out = aligned_host_empty(f.nbytes, pin=True)
-        seq = movers.sequential_reader(f, f.nbytes, seq_out, 4 * MiB, "odirect", pool)
-        seq_gbps = gbps(f.nbytes, time_host(seq, warmup=ctx.warmup, samples=ctx.samples,
-                                             setup=f.drop_cache))
     finally:
         pool.shutdown()
-    case = make_case(BENCH_KEY, _name(direction, spec, "odirect", threads), cfg,
+    secs = res.arms["paged"].seconds
+    case = make_case(BENCH_KEY, _name(direction, spec, "odirect", depth), cfg,
                      samples={"gbps": gbps(n * spec.page_bytes, secs), "seconds": secs,
-                              "ceiling_gbps": seq_gbps},
+                              "ceiling_gbps": gbps(f.nbytes, res.arms["ceiling"].seconds)},
                      units={"gbps": "GB/s", "seconds": "s", "ceiling_gbps": "GB/s"},
                      notes=["ceiling: sequential O_DIRECT read of the same file into pinned "
-                            "memory, 4 MiB requests, cold"])
+                            f"memory, {SEQ_READ_REQUEST // MiB} MiB requests, queue depth {depth}, cold, sampled alternately"])
+    paired.record(case, res, percent=("pct_of_ceiling",))
+    case["metrics"]["ceiling_gbps"] = case["stats"]["ceiling_gbps"]["median"]
     label_cache(case, resid[ctx.warmup:], want="cold")
-    return check_limits(ctx, case, direction, ceiling=summarize(seq_gbps)["median"])
+    return check_limits(ctx, case, direction)
 
 
 def overlap_case(ctx: RunContext, direction: str, method: str) -> dict[str, Any]:
@@ -413,22 +435,80 @@ def _fill_file_pool(pool: Any, n_total: int, page_bytes: int, odirect: bool):
     return data
 
 
+def budget_s(ctx: RunContext) -> float:
+    """Seconds a case may sample for before it stops short of its target interval."""
+    return ctx.opt("transfer.budget_s", 3.0 if ctx.quick else 20.0, float)
+
+
+def _fio_arm(ctx: RunContext, case_notes: list[str], job_kw: dict[str, Any], log: list) -> Any:
+    """fio on the case's file as one more arm, or None (and a note) where fio is missing."""
+    from kvbench.measure import fio
+    from kvbench.measure.paired import Arm
+
+    if ctx.opt("transfer.fio", "on") == "off":
+        case_notes.append("fio reference: off (--set transfer.fio=off)")
+        return None
+    if fio.fio_path() is None:
+        case_notes.append(fio.missing_note())
+        return None
+    job = fio.FioJob(**job_kw)
+    return Arm(fio.sampler(job, log), job.io_bytes), job
+
+
+def _sample_file_case(ctx: RunContext, arms: dict[str, Any], ceiling: str) -> Any:
+    """Interleave the case's arms; ratios of the paged path to its ceiling and to fio."""
+    from kvbench.measure.paired import interleave, min_pairs_for
+
+    ratios = {"pct_of_ceiling": ("paged", ceiling)}
+    if "fio" in arms:
+        ratios["pct_of_fio"] = ("paged", "fio")
+    return interleave(arms, ratios, budget_s=budget_s(ctx), min_pairs=min_pairs_for(ctx.samples),
+                      warmup=ctx.warmup, block=FILE_BLOCK)
+
+
+def _file_case(ctx: RunContext, name: str, cfg: dict, res: Any, nbytes: int, notes: list[str],
+               direction: str, fio_job: Any, fio_log: list, ceiling: str) -> dict[str, Any]:
+    from kvbench.measure import paired
+
+    secs = res.arms["paged"].seconds
+    ceil = res.arms[ceiling]
+    samples = {"gbps": gbps(nbytes, secs), "seconds": secs,
+               "ceiling_gbps": gbps(int(ceil.work), ceil.seconds)}
+    units = {"gbps": "GB/s", "seconds": "s", "ceiling_gbps": "GB/s"}
+    if fio_job is not None:
+        samples["fio_gbps"] = gbps(int(res.arms["fio"].work), res.arms["fio"].seconds)
+        units["fio_gbps"] = "GB/s (fio's own bandwidth)"
+        cfg["fio"] = {**fio_job.describe(), "version": fio_log[-1]["version"] if fio_log else ""}
+        notes.append(f"fio reference: {fio_job.rw}, bs {fio_job.block:,} B, iodepth "
+                     f"{fio_job.queue_depth}, {fio_job.engine}, direct={int(fio_job.direct)}, on the "
+                     "same file, sampled alternately with this case")
+    case = make_case(BENCH_KEY, name, cfg, samples=samples, units=units, notes=notes)
+    paired.record(case, res, percent=("pct_of_ceiling", "pct_of_fio"))
+    case["metrics"]["ceiling_gbps"] = case["stats"]["ceiling_gbps"]["median"]
+    case["units"]["pct_of_ceiling"] = "% (median of per-pair ratios)"
+    if "pct_of_fio" in case["metrics"]:
+        case["units"]["pct_of_fio"] = "% (median of per-pair ratios)"
+    return check_limits(ctx, case, direction)
+
+
 def file_read_case(ctx: RunContext, fmt: str, layout: str, tokens: int, method: str,
-                   threads: int, cache: str, kind: str = "paged") -> dict[str, Any]:
-    """nvme->dram: scattered pages of a file read into host rows. Ceiling, measured in
-    the same case: cold, a sequential O_DIRECT read of the same whole file in 4 MiB
-    requests; warm, a sequential buffered read of the same cached file into the same
-    buffer (a warm read is a copy out of the page cache)."""
+                   depth: int, cache: str, kind: str = "paged") -> dict[str, Any]:
+    """nvme->dram: scattered pages of a file read into host rows at queue depth
+    ``depth``. Sampled alternately with, in the same case: its ceiling (cold, a
+    sequential O_DIRECT read of the same whole file in 4 MiB requests at the sweep's
+    largest depth; warm, a sequential buffered read of the same cached file into the
+    same buffer: a warm read is a copy out of the page cache) and fio on the same file
+    (same block size, depth, direction and O_DIRECT)."""
     import torch
 
+    from kvbench.measure.paired import host_arm
     from kvbench.store import PagePool
     from kvbench.tiers.dram import aligned_host_empty
-    from kvbench.timing import time_host
 
     direction = "nvme->dram"
     spec = PageSpec(ctx.model, get_format(fmt), tokens, layout)
     n = _pages_for(spec, sample_bytes(ctx, direction))
-    cfg = _cfg(ctx, direction, spec, method, n, kind, threads=threads)
+    cfg = _cfg(ctx, direction, spec, method, n, kind, depth=depth)
     cfg["cache_state"] = cache
     nvme = tier_or_skip("nvme", ctx)
     if method.startswith("odirect") and not nvme.odirect_status()[0]:
@@ -436,72 +516,79 @@ def file_read_case(ctx: RunContext, fmt: str, layout: str, tokens: int, method: 
     rng = _rng(ctx, direction, fmt, layout, tokens)
     pool = PagePool(nvme, spec, 2 * n)
     ids = rng.sample(range(2 * n), n)
-    pinned = ctx.cuda
-    out = aligned_host_empty(n * pool.stride, pin=pinned).view(n, pool.stride)
-    tp = ThreadPoolExecutor(threads) if threads > 1 else None
-    seq_threads = max(threads_sweep(ctx))
-    seq_tp = ThreadPoolExecutor(seq_threads)
+    out = aligned_host_empty(n * pool.stride, pin=ctx.cuda).view(n, pool.stride)
+    tp = ThreadPoolExecutor(depth) if depth > 1 else None
+    seq_depth = max(depth_sweep(ctx))
+    seq_tp = ThreadPoolExecutor(seq_depth)
     f = pool.file()
+    notes: list[str] = []
+    fio_log: list = []
     try:
         data = _fill_file_pool(pool, 2 * n, spec.page_bytes, nvme.odirect_status()[0])[ids]
         read = movers.file_reader(f, pool.stride, ids, out, method, tp, spec.page_bytes)
         resid: list[float] = []
         if cache == "cold":
-            setup = lambda: resid.append(f.drop_cache())  # noqa: E731
+            paged = host_arm(read, n * spec.page_bytes, setup=lambda: resid.append(f.drop_cache()))
         else:
-            setup = lambda: resid.append(f.resident_fraction())  # noqa: E731
-            seq_all = aligned_host_empty(f.nbytes, pin=False)
-            movers.sequential_reader(f, f.nbytes, seq_all, 4 * MiB, "buffered", seq_tp)()
-            del seq_all
-        secs = time_host(read, warmup=ctx.warmup, samples=ctx.samples, setup=setup)
+            warm_all = aligned_host_empty(f.nbytes, pin=False)  # held: the reader keeps raw views
+            movers.sequential_reader(f, f.nbytes, warm_all, 4 * MiB, "buffered", seq_tp)()
+            del warm_all
+            paged = host_arm(read, n * spec.page_bytes, setup=lambda: resid.append(f.resident_fraction()))
+        if cache == "cold" and f.fd_direct is not None:
+            seq_out = aligned_host_empty(f.nbytes, pin=ctx.cuda)
+            seq = host_arm(movers.sequential_reader(f, f.nbytes, seq_out, SEQ_READ_REQUEST, "odirect",
+                                                    seq_tp), f.nbytes, setup=f.drop_cache)
+            notes.append(f"ceiling: sequential O_DIRECT read of the same whole file ({f.nbytes:,} B), "
+                         f"{SEQ_READ_REQUEST // MiB} MiB requests, queue depth {seq_depth}, cold")
+        else:
+            nseq = n * pool.stride
+            seq = host_arm(movers.sequential_reader(f, nseq, out, 4 * MiB, "buffered", tp), nseq)
+            notes.append(f"ceiling: sequential buffered read of the same cached file ({nseq:,} B) "
+                         f"into the same buffer, 4 MiB requests, queue depth {depth}")
+        arms = {"paged": paged, "ceiling": seq}
+        direct = method.startswith("odirect")
+        got = None if cache == "warm" else _fio_arm(ctx, notes, dict(
+            path=str(f.path), rw="randread", block=pool.stride if direct else spec.page_bytes,
+            queue_depth=depth, io_bytes=n * (pool.stride if direct else spec.page_bytes),
+            direct=direct, engine=fio_engine(method), size=f.nbytes,
+            invalidate=cache == "cold"), fio_log)
+        fio_job = None
+        if got:
+            arms["fio"], fio_job = got
+        elif cache == "warm":
+            notes.append("fio reference: not run for warm reads (copies out of the page cache take "
+                         "a few ms; fio times a job to the millisecond)")
+        res = _sample_file_case(ctx, arms, "ceiling")
+        read()  # the ceiling arm may share ``out``: read the pages once more to verify them
         if not torch.equal(out[:, : spec.page_bytes], data):
             raise AssertionError("pages read back differ from pages written")
-        if cache == "cold" and f.fd_direct is not None:
-            nseq = f.nbytes
-            seq_out = aligned_host_empty(nseq, pin=pinned)
-            seq = movers.sequential_reader(f, nseq, seq_out, 4 * MiB, "odirect", seq_tp)
-            seq_gbps = gbps(nseq, time_host(seq, warmup=ctx.warmup, samples=ctx.samples,
-                                             setup=f.drop_cache))
-            ceiling_note = (f"ceiling: sequential O_DIRECT read of the same whole file "
-                            f"({nseq:,} B), 4 MiB requests, {seq_threads} threads, cold")
-        else:
-            # a warm paged read is bounded by copying out of the page cache: the same
-            # cached file read sequentially (buffered, 4 MiB requests, the case's threads)
-            # into the case's own buffer
-            nseq = n * pool.stride
-            seq = movers.sequential_reader(f, nseq, out, 4 * MiB, "buffered", tp)
-            seq_gbps = gbps(nseq, time_host(seq, warmup=ctx.warmup, samples=ctx.samples))
-            ceiling_note = (f"ceiling: sequential buffered read of the same cached file "
-                            f"({nseq:,} B) into the same buffer, 4 MiB requests, {threads} thread(s)")
     finally:
         seq_tp.shutdown()
         if tp:
             tp.shutdown()
         pool.close()
         nvme.close()
-    nbytes = n * spec.page_bytes
-    case = make_case(BENCH_KEY, _name(direction, spec, method, threads, cache, kind), cfg,
-                     samples={"gbps": gbps(nbytes, secs), "seconds": secs, "ceiling_gbps": seq_gbps},
-                     units={"gbps": "GB/s", "seconds": "s", "ceiling_gbps": "GB/s"},
-                     notes=[ceiling_note])
+    case = _file_case(ctx, _name(direction, spec, method, depth, cache, kind), cfg, res,
+                      n * spec.page_bytes, notes, direction, fio_job, fio_log, "ceiling")
     label_cache(case, resid[ctx.warmup:], want=cache)
-    return check_limits(ctx, case, direction, ceiling=summarize(seq_gbps)["median"])
+    return case
 
 
-def file_write_case(ctx: RunContext, fmt: str, layout: str, method: str, threads: int) -> dict[str, Any]:
-    """dram->nvme: scattered pages written, then fdatasync (durable). Ceiling, measured
-    in the same case: the better of a sequential O_DIRECT and a sequential buffered
-    write (+ fdatasync) of the same bytes to the same file, 4 MiB requests."""
+def file_write_case(ctx: RunContext, fmt: str, layout: str, method: str, depth: int) -> dict[str, Any]:
+    """dram->nvme: scattered pages written at queue depth ``depth``, then fdatasync
+    (durable). Sampled alternately with, in the same case: a sequential O_DIRECT and a
+    sequential buffered write (+ fdatasync) of the same bytes to the same file, 4 MiB
+    requests (the ceiling: the better of the two), and fio on the same file."""
     import torch
 
+    from kvbench.measure.paired import host_arm
     from kvbench.store import PagePool
     from kvbench.tiers.dram import aligned_host_empty
-    from kvbench.timing import time_host
 
     direction = "dram->nvme"
     spec = PageSpec(ctx.model, get_format(fmt), ctx.tokens_per_page, layout)
     n = _pages_for(spec, sample_bytes(ctx, direction))
-    cfg = _cfg(ctx, direction, spec, method, n, "paged", threads=threads)
+    cfg = _cfg(ctx, direction, spec, method, n, "paged", depth=depth)
     nvme = tier_or_skip("nvme", ctx)
     if method == "odirect" and not nvme.odirect_status()[0]:
         raise Skip(f"O_DIRECT unavailable: {nvme.odirect_status()[1]}")
@@ -512,57 +599,66 @@ def file_write_case(ctx: RunContext, fmt: str, layout: str, method: str, threads
     src.zero_()
     data = torch.randint(0, 256, (n, spec.page_bytes), dtype=torch.uint8)
     src[:, : spec.page_bytes].copy_(data)
-    tp = ThreadPoolExecutor(threads) if threads > 1 else None
+    tp = ThreadPoolExecutor(depth) if depth > 1 else None
     f = pool.file()
+    notes = ["each sample ends with fdatasync (durable)"]
+    fio_log: list = []
     try:
+        _fill_file_pool(pool, 2 * n, spec.page_bytes, nvme.odirect_status()[0])
         write = movers.file_writer(f, pool.stride, ids, src, method, tp, spec.page_bytes)
-        secs = time_host(write, warmup=ctx.warmup, samples=ctx.samples)
-        if not torch.equal(pool.read_pages(ids), data):
-            raise AssertionError("pages in the file differ from pages written")
         nseq = n * pool.stride
-        flat = src.view(-1)
-        seq = {}
+        arms = {"paged": host_arm(write, n * spec.page_bytes)}
         for how in ("odirect", "buffered"):
             if how == "odirect" and f.fd_direct is None:
                 continue
-            seq[how] = gbps(nseq, time_host(
-                movers.sequential_writer(f, nseq, flat, 4 * MiB, tp, direct=how == "odirect"),
-                warmup=ctx.warmup, samples=ctx.samples))
+            arms[f"seq_{how}"] = host_arm(movers.sequential_writer(
+                f, nseq, src.view(-1), 4 * MiB, tp, direct=how == "odirect"), nseq)
+        direct = method == "odirect"
+        got = _fio_arm(ctx, notes, dict(
+            path=str(f.path), rw="randwrite", block=pool.stride if direct else spec.page_bytes,
+            queue_depth=depth, io_bytes=n * (pool.stride if direct else spec.page_bytes),
+            direct=direct, engine=fio_engine(method), size=f.nbytes, invalidate=False,
+            fsync_end=True), fio_log)
+        fio_job = None
+        if got:
+            arms["fio"], fio_job = got
+        # the ceiling: whichever sequential write is faster, judged on a first look
+        first = {k: a.sample(1)[0] / a.work for k, a in arms.items()}
+        best = min((k for k in arms if k.startswith("seq_")), key=first.__getitem__)
+        res = _sample_file_case(ctx, {k: v for k, v in arms.items()
+                                      if k == best or not k.startswith("seq_")}, best)
+        write()  # fio and the sequential writes overwrite pages: write them once more to verify
+        if not torch.equal(pool.read_pages(ids), data):
+            raise AssertionError("pages in the file differ from pages written")
     finally:
         if tp:
             tp.shutdown()
         pool.close()
         nvme.close()
-    best = max(seq, key=lambda k: summarize(seq[k])["median"])
-    nbytes = n * spec.page_bytes
-    case = make_case(BENCH_KEY, _name(direction, spec, method, threads), cfg,
-                     samples={"gbps": gbps(nbytes, secs), "seconds": secs,
-                              **{f"ceiling_{k}_gbps": v for k, v in seq.items()}},
-                     units={"gbps": "GB/s", "seconds": "s", **{f"ceiling_{k}_gbps": "GB/s" for k in seq}},
-                     notes=["each sample ends with fdatasync (durable)",
-                            f"ceiling: sequential {best} write of the same bytes to the same file "
-                            "(the better of O_DIRECT and buffered), 4 MiB requests, + fdatasync"])
-    return check_limits(ctx, case, direction, ceiling=summarize(seq[best])["median"])
+    notes.append(f"ceiling: sequential {best[4:]} write of the same bytes to the same file (the "
+                 "faster of O_DIRECT and buffered in a first untimed round), 4 MiB requests, + fdatasync")
+    return _file_case(ctx, _name(direction, spec, method, depth), cfg, res, n * spec.page_bytes,
+                      notes, direction, fio_job, fio_log, best)
 
 
 # ----------------------------------------------------------------------------- plan
 def _cfg(ctx: RunContext, direction: str, spec: PageSpec, method: str, n: int, kind: str,
-         threads: int | None = None) -> dict[str, Any]:
+         depth: int | None = None) -> dict[str, Any]:
     src, _, dst = direction.replace("<->", "->").partition("->")
     cfg = {"kind": kind, "direction": direction, "src": src, "dst": dst, "method": method,
            "pages": n, "bytes": n * spec.page_bytes, "model": ctx.model.name, **spec.describe()}
-    if threads is not None:
-        cfg["threads"] = threads
+    if depth is not None:
+        cfg["queue_depth"] = depth
     return cfg
 
 
-def _name(direction: str, spec: PageSpec, method: str, threads: int | None = None,
+def _name(direction: str, spec: PageSpec, method: str, depth: int | None = None,
           cache: str | None = None, kind: str = "paged") -> str:
     """Unique within the bench: sweep cases carry their kind in front."""
     parts = ([kind] if kind != "paged" else []) + [direction, spec.layout, spec.fmt.name,
                                                    f"{spec.tokens}tok", method]
-    if threads is not None:
-        parts.append(f"t{threads}")
+    if depth is not None:
+        parts.append(f"qd{depth}")
     if cache:
         parts.append(cache)
     return "/".join(parts)
@@ -572,7 +668,7 @@ def plan(ctx: RunContext) -> list[Case]:
     cases: list[Case] = []
     add = lambda name, cfg, fn: cases.append(Case(name, cfg, fn))  # noqa: E731
     fmts, layouts, t = ctx.formats, ctx.layouts, ctx.tokens_per_page
-    threads = threads_sweep(ctx)
+    depths = depth_sweep(ctx)
     if not ctx.cuda:
         from kvbench.tiers.hbm import cuda_status
         why = f"needs a CUDA device: {cuda_status()[1]}"
@@ -596,29 +692,29 @@ def plan(ctx: RunContext) -> list[Case]:
                 add(f"hbm->hbm/{lay}/{m}", {}, lambda c, lay=lay, m=m: gpu_paged_case(c, "hbm->hbm", fmts[0], lay, t, m))
         for f in fmts:
             for lay in layouts:
-                add(f"nvme->hbm/{lay}/{f}", {}, lambda c, f=f, lay=lay: nvme_to_hbm_case(c, f, lay, max(threads)))
-    # files: every format and layout; the thread sweep on the first format
+                add(f"nvme->hbm/{lay}/{f}", {}, lambda c, f=f, lay=lay: nvme_to_hbm_case(c, f, lay, max(depths)))
+    # files: every format and layout; the queue-depth sweep on the first format
     for f in fmts:
         for lay in layouts:
-            sweep = threads if f == fmts[0] else [max(threads)]
+            sweep = depths if f == fmts[0] else [max(depths)]
             add(f"nvme->dram/{lay}/{f}/mmap/cold", {}, lambda c, f=f, lay=lay: file_read_case(c, f, lay, t, "mmap", 1, "cold"))
             add(f"nvme->dram/{lay}/{f}/buffered/cold", {}, lambda c, f=f, lay=lay: file_read_case(c, f, lay, t, "buffered", 1, "cold"))
             for th in sweep:
-                add(f"nvme->dram/{lay}/{f}/odirect/t{th}/cold", {},
+                add(f"nvme->dram/{lay}/{f}/odirect/qd{th}/cold", {},
                     lambda c, f=f, lay=lay, th=th: file_read_case(c, f, lay, t, "odirect", th, "cold"))
             add(f"nvme->dram/{lay}/{f}/odirect_merged/cold", {},
-                lambda c, f=f, lay=lay: file_read_case(c, f, lay, t, "odirect_merged", max(threads), "cold"))
+                lambda c, f=f, lay=lay: file_read_case(c, f, lay, t, "odirect_merged", max(depths), "cold"))
             add(f"nvme->dram/{lay}/{f}/mmap/warm", {}, lambda c, f=f, lay=lay: file_read_case(c, f, lay, t, "mmap", 1, "warm"))
             add(f"nvme->dram/{lay}/{f}/buffered/warm", {}, lambda c, f=f, lay=lay: file_read_case(c, f, lay, t, "buffered", 1, "warm"))
             add(f"dram->nvme/{lay}/{f}/buffered", {}, lambda c, f=f, lay=lay: file_write_case(c, f, lay, "buffered", 1))
-            for th in sweep:
-                add(f"dram->nvme/{lay}/{f}/odirect/t{th}", {},
+            for th in sorted({min(sweep), max(sweep)}):
+                add(f"dram->nvme/{lay}/{f}/odirect/qd{th}", {},
                     lambda c, f=f, lay=lay, th=th: file_write_case(c, f, lay, "odirect", th))
     # page-size sweep (first format, per-layer layout: the small-page case)
     sweep_tokens = SWEEP_TOKENS_QUICK if ctx.quick else SWEEP_TOKENS
     for tok in sweep_tokens:
         add(f"sweep/nvme->dram/{tok}tok", {}, lambda c, tok=tok: file_read_case(
-            c, fmts[0], "layer", tok, "odirect", max(threads), "cold", kind="sweep"))
+            c, fmts[0], "layer", tok, "odirect", max(depths), "cold", kind="sweep"))
         if ctx.cuda:
             for d in ("dram->hbm", "hbm->dram"):
                 for m in ("per_page", "triton"):
@@ -641,6 +737,8 @@ BENCH = Benchmark(
         'transfer.bytes': 'payload bytes per timed sample between hbm and dram, e.g. 256MiB (default 64MiB quick, 512MiB full)',
         'transfer.file_bytes': 'payload bytes per sample to and from files (default 32MiB quick, 256MiB full)',
         'transfer.ceiling_bytes': 'bytes of the contiguous ceiling copies (default 256MiB quick, 1GiB full)',
-        'transfer.threads': 'thread counts for file I/O, e.g. 1,4,16,32 (default 1,4 quick, 1,4,16,32 full)',
+        'transfer.queue_depths': 'queue depths of O_DIRECT file I/O (requests in flight, one per thread), e.g. 1,4,16,64 (the default)',
+        'transfer.budget_s': 'seconds a case samples its paired figures for before it stops short of +-5% (default 3 quick, 20 full)',
+        'transfer.fio': 'on (default: fio on the same file as a reference, where fio is installed) or off',
     },
 )

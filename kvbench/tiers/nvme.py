@@ -57,7 +57,9 @@ def host_buffer(t: Any) -> Any:
     (pinned or pageable), for os.preadv / os.pwritev without numpy."""
     if t.device.type != "cpu" or not t.is_contiguous():
         raise ValueError("host_buffer needs a contiguous CPU tensor")
-    return (ctypes.c_char * (t.numel() * t.element_size())).from_address(t.data_ptr())
+    buf = (ctypes.c_char * (t.numel() * t.element_size())).from_address(t.data_ptr())
+    buf._owner = t  # the memory lives as long as the buffer over it (no reads into freed memory)
+    return buf
 
 
 # ------------------------------------------------------------------ page-cache residency

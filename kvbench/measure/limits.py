@@ -1,6 +1,5 @@
-"""What every benchmark's figures pass through: GB/s arithmetic, the physical limits a
-correct figure cannot exceed, the same-run ceiling a case is compared with, and honest
-page-cache residency labels. Benchmarks import this, never each other. No torch.
+"""GB/s arithmetic, the physical limits a correct figure cannot exceed, the ceiling a
+case is compared with, flags, and honest page-cache residency labels. No torch.
 
 GB = 1e9 bytes throughout."""
 
@@ -76,26 +75,25 @@ def flag(case: dict[str, Any], name: str, why: str) -> None:
 
 def check_limits(ctx: Any, case: dict[str, Any], direction: str,
                  ceiling: float | None = None) -> dict[str, Any]:
-    """Add % of ceiling (``ceiling`` with its samples as the case's ``ceiling_gbps``
-    series, else the run's ceiling case for the direction) and % of the physical limit
-    to a case with a ``gbps`` metric. A figure above the physical limit makes the case
-    an error (a measurement bug); one above its ceiling beyond both figures' noise is
-    flagged ``above_ceiling`` (the ceiling measured the wrong thing), never left as an
-    ok figure over 100%."""
+    """Add % of ceiling and % of the physical limit to a case with a ``gbps`` metric.
+
+    The ceiling, best first: the case's own paired ratio (``paired.pct_of_ceiling``,
+    from samples of the path and its ceiling taken alternately in the case); else
+    ``ceiling`` with the case's ``ceiling_gbps`` series; else the run's ceiling case
+    for the direction. A figure above its ceiling beyond noise (the paired ratio's 95%
+    interval entirely above 100%; unpaired: the case's p10 above the ceiling's p90) is
+    flagged ``above_ceiling``: the ceiling measured the wrong thing. A figure above the
+    physical limit makes the case an error (a measurement bug)."""
     value = case["metrics"]["gbps"]
-    ceiling_stats = case["stats"].get("ceiling_gbps")
-    if ceiling is None and case["config"].get("kind") != "ceiling":
-        cc = ceiling_case_for(ctx, direction)
-        if cc:
-            ceiling, ceiling_stats = cc["metrics"]["gbps"], cc["stats"].get("gbps")
-    if ceiling:
-        case["metrics"]["ceiling_gbps"] = ceiling
-        case["metrics"]["pct_of_ceiling"] = 100.0 * value / ceiling
-        case["units"].update(ceiling_gbps="GB/s", pct_of_ceiling="%")
-        if above_ceiling(case["stats"].get("gbps", {}), ceiling, ceiling_stats):
+    paired = case.get("paired", {}).get("pct_of_ceiling")
+    if paired:
+        if paired["ci_low"] > 100.0:
             flag(case, "above_ceiling",
-                 f"{value / ceiling - 1:.0%} above its ceiling, beyond both figures' spread "
-                 "(p10 of the case > p90 of the ceiling): the ceiling did not bound this path")
+                 f"{paired['median'] - 100:.0f}% above its ceiling, the paired ratio's 95% interval "
+                 f"{paired['ci_low']:.0f}-{paired['ci_high']:.0f}% entirely above 100%: "
+                 "the ceiling did not bound this path")
+    else:
+        _unpaired_ceiling(ctx, case, direction, ceiling)
     limit = physical_limit(ctx, direction)
     if limit:
         case["metrics"]["physical_limit_gbps"] = limit
@@ -106,6 +104,25 @@ def check_limits(ctx: Any, case: dict[str, Any], direction: str,
             case["reason"] = (f"measured {value:.1f} GB/s is above the physical limit "
                               f"{limit:.1f} GB/s: a measurement bug")
     return case
+
+
+def _unpaired_ceiling(ctx: Any, case: dict[str, Any], direction: str, ceiling: float | None) -> None:
+    value = case["metrics"]["gbps"]
+    ceiling_stats = case["stats"].get("ceiling_gbps")
+    if ceiling is None and case["config"].get("kind") != "ceiling":
+        cc = ceiling_case_for(ctx, direction)
+        if cc:
+            ceiling, ceiling_stats = cc["metrics"]["gbps"], cc["stats"].get("gbps")
+    if not ceiling:
+        return
+    case["metrics"]["ceiling_gbps"] = ceiling
+    case["metrics"]["pct_of_ceiling"] = 100.0 * value / ceiling
+    case["units"].update(ceiling_gbps="GB/s", pct_of_ceiling="%")
+    case["notes"].append("% of ceiling: medians of two separately sampled figures (not paired)")
+    if above_ceiling(case["stats"].get("gbps", {}), ceiling, ceiling_stats):
+        flag(case, "above_ceiling",
+             f"{value / ceiling - 1:.0%} above its ceiling, beyond both figures' spread "
+             "(p10 of the case > p90 of the ceiling): the ceiling did not bound this path")
 
 
 def label_cache(case: dict[str, Any], resident: list[float], want: str) -> None:
@@ -121,45 +138,3 @@ def label_cache(case: dict[str, Any], resident: list[float], want: str) -> None:
                              "cache after fdatasync + POSIX_FADV_DONTNEED: labelled warm")
     case["config"]["cache_state"] = state
     case["notes"].append(f"{state}: at most {worst:.1%} of the file resident before each sample")
-
-
-# ----------------------------------------------------------------------------- paired ratios
-def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
-    """A distribution-free confidence interval for the median: the order statistics
-    x_(l) and x_(n+1-l) with the largest l such that P(Binomial(n, 1/2) < l) <= (1 -
-    level) / 2. With too few samples for that level, the whole range."""
-    import math
-
-    s = sorted(xs)
-    n = len(s)
-    if n == 0:
-        raise ValueError("median_ci needs samples")
-    tail = (1.0 - level) / 2
-    cdf, l = 0.0, 0
-    for k in range(n):  # cdf = P(X <= k - 1) before adding P(X = k)
-        p = math.comb(n, k) / 2 ** n
-        if cdf + p > tail:
-            break
-        cdf += p
-        l = k + 1
-    if l == 0:
-        return s[0], s[-1]
-    return s[l - 1], s[n - l]
-
-
-def paired_ratio(a: list[float], b: list[float], level: float = 0.95) -> dict[str, Any]:
-    """The ratio a/b taken per pair (samples measured alternately, A B A B ..., so slow
-    drifts of the machine cancel), with its median, p10-p90 and a confidence interval
-    of the median (``median_ci``). ``halfwidth`` is the interval's larger half relative
-    to the median."""
-    from kvbench.results import summarize
-
-    if len(a) != len(b) or not a:
-        raise ValueError("paired_ratio needs the same, non-zero number of samples of each")
-    ratios = [x / y for x, y in zip(a, b)]
-    st = summarize(ratios)
-    lo, hi = median_ci(ratios, level)
-    med = st["median"]
-    return {"ratios": ratios, "median": med, "p10": st["p10"], "p90": st["p90"], "n": len(ratios),
-            "ci_low": lo, "ci_high": hi, "ci_level": level,
-            "halfwidth": max(med - lo, hi - med) / med if med else float("inf")}

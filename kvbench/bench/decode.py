@@ -670,6 +670,7 @@ def _nvme_pipeline(ctx, cache, enqueue_layer, R):
     import torch
 
     from kvbench import movers
+    from kvbench.measure import staged
     from kvbench.store import PagePool
     from kvbench.tiers.dram import aligned_host_empty
     from kvbench.timing import time_host
@@ -686,17 +687,19 @@ def _nvme_pipeline(ctx, cache, enqueue_layer, R):
     for layer in range(cache.L):  # every layer's region holds the same encoded pages
         movers.sequential_writer(f, region, pinned[0], 64 * MiB, tp, offset=layer * region)()
     h2d_done = [torch.cuda.Event() for _ in range(R)]
-    readers = [movers.sequential_reader(f, region, pinned[layer % R], 4 * MiB, "odirect", tp,
-                                        offset=layer * region) for layer in range(cache.L)]
+
+    def hand_on(c: staged.Chunk):
+        # chunk = layer c.index in pinned slot c.slot: H2D copy, then attention
+        enqueue_layer(c.index, c.slot, src=pinned[c.slot], also=h2d_done[c.slot])
+        return h2d_done[c.slot]  # the pinned slot is free once its H2D copy has finished
+    reader = staged.StagedReader(staged.region_chunks(
+        f, region, [layer * region for layer in range(cache.L)], pinned, "odirect", tp, 4 * MiB),
+        R, hand_on)
     resid: list[float] = []
 
     def step():
-        for layer in range(cache.L):
-            slot = layer % R
-            h2d_done[slot].synchronize()   # the pinned slot's previous copy has finished
-            readers[layer]()
-            enqueue_layer(layer, slot, src=pinned[slot], also=h2d_done[slot])
-        torch.cuda.synchronize()
+        reader()
+        torch.cuda.synchronize()  # the last layers' attention too
 
     def close():
         tp.shutdown()

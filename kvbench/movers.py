@@ -17,7 +17,7 @@ from __future__ import annotations
 import mmap as _mmap
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
 from kvbench.errors import Skip
@@ -167,7 +167,9 @@ def _parallel_io(fd: int | None, write: bool, bufs: list[Any], offsets: list[int
                 do(r)
             return
         queue = iter(range(len(bufs)))
-        for fut in [pool.submit(worker, queue) for _ in range(depth)]:
+        futs = [pool.submit(worker, queue) for _ in range(depth)]
+        wait(futs)  # every worker done before an error propagates (the fd stays open for them)
+        for fut in futs:
             fut.result()
     return run
 
@@ -252,6 +254,24 @@ def sequential_reader(f: FileBuffer, nbytes: int, out: Any, chunk: int, method: 
     (contiguous host uint8): the ceiling for paged file reads, and the way a
     layer-contiguous region is read."""
     return _parallel_io(_fd(f, method), False, *_spans(out, nbytes, chunk, offset), pool)
+
+
+def sequential_mmap_reader(f: FileBuffer, nbytes: int, out: Any) -> Callable[[], None]:
+    """Copy the file's first nbytes out of a read-only mapping into ``out`` (contiguous
+    host uint8) in one copy: a warm mmap read's ceiling."""
+    import torch
+
+    def run() -> None:
+        mm = _mmap.mmap(f.fd, f.nbytes, _mmap.MAP_SHARED, _mmap.PROT_READ)
+        try:
+            with warnings.catch_warnings():  # a read-only mapping: torch warns, we only read
+                warnings.simplefilter("ignore")
+                view = torch.frombuffer(mm, dtype=torch.uint8)
+            out.view(-1)[:nbytes].copy_(view[:nbytes])
+            del view
+        finally:
+            mm.close()
+    return run
 
 
 def sequential_writer(f: FileBuffer, nbytes: int, src: Any, chunk: int,

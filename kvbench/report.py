@@ -650,7 +650,7 @@ def _series_label(cfg: dict[str, Any], keys: Sequence[str]) -> str:
         v = cfg.get(k)
         if v is None or v == "":
             continue
-        parts.append(f"t{v}" if k == "threads" else str(v))
+        parts.append(f"qd{v}" if k == "queue_depth" else f"t{v}" if k == "threads" else str(v))
     return "/".join(parts)
 
 
@@ -662,7 +662,8 @@ def plot_transfer_sweep(doc: dict[str, Any]) -> bytes | None:
         return None
     series: dict[str, list[dict[str, Any]]] = {}
     for c in cases:
-        key = _series_label(c["config"], ("direction", "layout", "format", "method", "threads", "cache_state"))
+        key = _series_label(c["config"], ("direction", "layout", "format", "method", "queue_depth",
+                                           "threads", "cache_state"))
         series.setdefault(key, []).append(c)
     fig = new_figure(8, 5)
     ax = fig.subplots()

@@ -72,7 +72,8 @@ def ahead_note(info: dict[str, Any]) -> str:
 
 def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 1,
               stream: Any = None, setup: Callable[[], Any] | None = None,
-              ahead: bool = False, info: dict[str, Any] | None = None) -> list[float]:
+              ahead: bool = False, info: dict[str, Any] | None = None,
+              state: dict[str, Any] | None = None) -> list[float]:
     """Seconds per sample of ``inner`` calls of fn, measured with CUDA events recorded on
     ``stream`` (default: the current stream). fn must enqueue its work on that stream
     (or on streams that wait for it and that it waits for). ``warmup`` untimed calls run
@@ -82,8 +83,12 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 
     and check after the enqueue that the GPU had not reached the start event yet (the
     sleep is lengthened and the sample retaken when it had): then the timed region holds
     device work only, never GPU idle time spent waiting for the host (a Python binding
-    checking thousands of arguments, per-layer launches). ``info`` (a dict) receives
-    enqueue_s, sleep_s, hidden_samples and samples; see ``ahead_note``."""
+    checking thousands of arguments, per-layer launches). A sample whose enqueue outlasted
+    its sleep is retaken once behind a sleep twice that enqueue; if the enqueue outlasts
+    that too, the host was held back by the GPU (``host_bound``). ``info`` (a dict)
+    receives enqueue_s, sleep_s, hidden_samples and samples; see ``ahead_note``.
+    ``state`` (a dict kept by the caller across calls) carries the sleep length from one
+    call to the next, so calls of a few samples each need no warm-up to size it."""
     import torch
 
     stream = stream or torch.cuda.current_stream()
@@ -102,6 +107,8 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 
     # then from each hidden sample's own enqueue; a sample the GPU caught up with is
     # retaken behind a sleep four times longer
     sleep_s = min(MAX_AHEAD_S, 2 * min(enqueue or [1e-3]) + 1e-3) if ahead else 0.0
+    if ahead and state and not enqueue and state.get("sleep_s"):
+        sleep_s = state["sleep_s"]
     out: list[float] = []
     hidden = 0
     blocked = False
@@ -129,6 +136,9 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 
                     sleep_s = min(MAX_AHEAD_S, 2 * enqueue[-1] + 1e-3)
                 break
             if enqueue[-1] >= sleep_s:
+                if attempt == 0 and 2 * enqueue[-1] + 1e-3 <= MAX_AHEAD_S:
+                    sleep_s = 2 * enqueue[-1] + 1e-3  # the sleep was too short: once more
+                    continue
                 # the host was held back by the GPU (a full launch queue: CUDA keeps ~1000
                 # pending operations per stream; or a sync inside fn): no sleep can hide
                 # that, so keep the sample and the rest, counted as not hidden, unretaken
@@ -139,6 +149,8 @@ def time_cuda(fn: Callable[[], Any], *, warmup: int, samples: int, inner: int = 
     if info is not None:
         info.update(enqueue_s=sorted(enqueue)[len(enqueue) // 2] if enqueue else 0.0,
                     sleep_s=sleep_s, hidden_samples=hidden, samples=samples, host_bound=blocked)
+    if state is not None and ahead:
+        state["sleep_s"] = sleep_s
     return out
 
 

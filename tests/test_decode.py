@@ -247,15 +247,42 @@ def test_every_non_fp16_case_relates_to_fp16():
 
 
 def test_reads_above_the_roofline_are_flagged():
+    """The roofline is sampled alternately with the step (a device copy as one more arm):
+    KV reads whose paired share of it is above 100% beyond noise are flagged."""
     from kvbench.bench import decode as D
+    from kvbench.measure import paired
 
     class FakeCache:
         B, kv_bytes_per_step = 4, 10**9  # 1 GB read per step
     ctx = type("Ctx", (), {"done": []})()
     cfg = {"kind": "decode", "placement": "hbm", "format": "fp16", "batch": 4, "context": 1024,
            "fused": True, "device": "cuda"}
-    # 0.1 s steps = 10 GB/s against a 5 GB/s roofline: impossible, flagged
-    c = D._finish(ctx, "hbm/fp16/4x1024", cfg, FakeCache(), [0.1, 0.1, 0.101], 5.0, [])
-    assert c["flags"] == ["above_ceiling"] and c["metrics"]["pct_of_roofline"] > 190
-    ok = D._finish(ctx, "hbm/fp16/4x1024", dict(cfg), FakeCache(), [0.1, 0.1, 0.101], 20.0, [])
-    assert "flags" not in ok and ok["metrics"]["pct_of_roofline"] == pytest.approx(50, rel=0.01)
+
+    def run(copy_s):
+        arms = {"step": paired.Arm(lambda k: [0.1] * k, 4), "hbm_copy": paired.Arm(lambda k: [copy_s] * k, 2e9)}
+        res = paired.interleave(arms, {"pct_of_roofline": lambda s: (1e9 / s["step"]) / (2e9 / s["hbm_copy"])},
+                                budget_s=10)
+        return D._finish(ctx, "hbm/fp16/4x1024", dict(cfg), FakeCache(), res, [], percent=("pct_of_roofline",))
+    # 0.1 s steps = 10 GB/s of KV reads against a copy at 5 GB/s: impossible, flagged
+    c = run(0.4)
+    assert c["flags"] == ["above_ceiling"] and c["metrics"]["pct_of_roofline"] == pytest.approx(200)
+    assert c["metrics"]["roofline_gbps"] == pytest.approx(5.0)
+    ok = run(0.1)  # a copy at 20 GB/s: the reads are at half of it
+    assert "flags" not in ok and ok["metrics"]["pct_of_roofline"] == pytest.approx(50)
+    assert ok["metrics"]["roofline_tok_s"] == pytest.approx(4 / (1e9 / 20e9))
+
+
+def test_tier_roofline_takes_the_slower_leg_per_pair():
+    from kvbench.bench import decode as D
+    from kvbench.measure import paired
+
+    class FakeCache:
+        kv_bytes_per_step = 10**9
+    arms = {"step": paired.Arm(None, 1), "h2d": paired.Arm(None, 1e9), "hbm_copy": paired.Arm(None, 2e9),
+            "seq": paired.Arm(None, 1e9)}
+    f = D._tier_roofline(FakeCache(), 5 * 10**8, arms)
+    # the tier: min(h2d 10 GB/s, file 2 GB/s) -> 0.25 s for 0.5 GB; HBM: 1 GB at 20 GB/s = 0.05 s
+    assert f({"step": 0.5, "h2d": 0.1, "seq": 0.5, "hbm_copy": 0.1}) == pytest.approx(0.25 / 0.5)
+    del arms["seq"]
+    f = D._tier_roofline(FakeCache(), 5 * 10**8, arms)
+    assert f({"step": 0.5, "h2d": 0.1, "hbm_copy": 0.1}) == pytest.approx(0.05 / 0.5)

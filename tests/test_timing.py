@@ -88,18 +88,35 @@ class FakeStream:
 
 
 def test_ahead_keeps_a_sample_whose_host_was_held_back(fake_cuda):
-    """A host enqueue longer than the sleep (a full launch queue blocks the host until
-    the GPU drains it) cannot be hidden: one attempt, counted as not hidden."""
+    """A host enqueue that outlasts its sleep is retaken once behind a sleep twice as
+    long; one that outlasts that too (a full launch queue holds the host until the GPU
+    drains it: the enqueue grows with the sleep) cannot be hidden: kept, counted as not
+    hidden, host_bound, and the later samples are not retaken."""
     import time as _t
 
     calls = []
 
-    def slow():
+    def held_back():  # the host waits as long as the GPU sleeps, and a little more
         calls.append(1)
-        _t.sleep(0.02)  # longer than the 2 x (quick warm-up) + 1 ms sleep below
+        _t.sleep(fake_cuda[-1] / 1e9 + 0.002)
     FakeEvent.script = [True] * 8
     info = {}
-    timing.time_cuda(lambda: calls.append(0), warmup=1, samples=0, ahead=True)
-    calls.clear()
-    timing.time_cuda(slow, warmup=0, samples=2, ahead=True, info=info)
-    assert len(calls) == 2 and info["hidden_samples"] == 0
+    timing.time_cuda(held_back, warmup=0, samples=2, ahead=True, info=info)
+    assert len(calls) == 2 + 1 and info["hidden_samples"] == 0 and info["host_bound"]
+
+
+def test_ahead_retries_a_sleep_that_was_merely_too_short(fake_cuda):
+    import time as _t
+
+    calls = []
+
+    def slow():  # 20 ms of enqueue, whatever the sleep: a longer sleep hides it
+        calls.append(1)
+        _t.sleep(0.02)
+    FakeEvent.script = [True, False, False]
+    info, state = {}, {}
+    timing.time_cuda(slow, warmup=0, samples=1, ahead=True, info=info, state=state)
+    assert len(calls) == 2 and info["hidden_samples"] == 1 and not info["host_bound"]
+    assert state["sleep_s"] >= 0.04  # kept for the caller's next call
+    timing.time_cuda(slow, warmup=0, samples=1, ahead=True, info=info, state=state)
+    assert len(calls) == 3 and fake_cuda[-1] == pytest.approx(state["sleep_s"] * 1e9, rel=0.5)

@@ -38,7 +38,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from kvbench import measure
 from kvbench.bench import Benchmark, Case, RunContext, Skip, odirect_tier_or_skip
 from kvbench.results import make_case, skipped_case, summarize
 from kvbench.spec import PageSpec, get_format
@@ -154,14 +153,6 @@ class Cache:
 
 
 # ------------------------------------------------------------------------- ceilings
-def _measured(ctx: RunContext, what: str) -> float | None:
-    for c in ctx.done:
-        if c["bench"] == BENCH_KEY and c["config"].get("kind") == "ceiling" \
-                and c["config"].get("what") == what and c["status"] == "ok":
-            return c["metrics"]["gbps"]
-    return None
-
-
 def ceiling_case(ctx: RunContext, what: str) -> dict[str, Any]:
     """hbm: device-to-device copy counting bytes read plus written (the memory traffic a
     read-only kernel can reach); h2d: contiguous pinned host->device copy."""
@@ -274,31 +265,6 @@ def _graph(step: Callable[[], Any]) -> tuple[Callable[[], Any], Any, str]:
     return graph.replay, graph, "step_s: the step replayed from a CUDA graph"
 
 
-def _timed_step(ctx: RunContext, step: Callable[[], Any],
-                poison: Callable[[], Any] | None = None) -> tuple[list[float], dict, list[str]]:
-    """One decode step timed as device work (a CUDA graph replayed behind a GPU sleep),
-    sampled alternately with the same step issued eagerly from Python (no sleep: launch
-    gaps included); launch_overhead_s is the median of per-pair differences. ``poison``
-    (e.g. filling the output with NaN) runs before one last run, so the verification
-    that follows checks what the graph computed."""
-    import torch
-
-    from kvbench.measure import paired
-
-    step()  # warm: compiled, workspace allocated, before capture
-    torch.cuda.synchronize()
-    replay, graph, note = _graph(step)
-    info: dict[str, Any] = {}
-    arms = {"step": paired.cuda_arm(replay, 1.0, info=info), "eager": paired.cuda_arm(step, 1.0, ahead=False)}
-    res = paired.interleave(arms, {}, budget_s=_budget(ctx), min_pairs=paired.min_pairs_for(ctx.samples),
-                            warmup=ctx.warmup)
-    if poison is not None:
-        poison()
-        replay()
-    torch.cuda.synchronize()
-    return res.arms["step"].seconds, _launch_overhead(res), [_step_note(note, info, graph)]
-
-
 def _launch_overhead(res: Any) -> dict[str, float]:
     """eager_step_s and launch_overhead_s (median of per-pair eager minus graph)."""
     step, eager = res.arms["step"].seconds, res.arms["eager"].seconds
@@ -331,8 +297,14 @@ def _verify(cache: Cache, out, pool, table) -> float:
     return err
 
 
-def _finish(ctx: RunContext, name: str, cfg: dict, cache: Cache, secs: list[float],
-            roof_gbps: float | None, notes: list[str], extra: dict | None = None) -> dict:
+def _finish(ctx: RunContext, name: str, cfg: dict, cache: Cache, res: Any, notes: list[str],
+            extra: dict | None = None, percent: tuple[str, ...] = (),
+            units: dict[str, str] | None = None) -> dict:
+    """The case: step samples of the ``step`` arm, its paired ratios, then ratios to
+    earlier cases for what was not paired (``_relate``)."""
+    from kvbench.measure import paired
+
+    secs = res.arms["step"].seconds
     kvb = cache.kv_bytes_per_step
     case = make_case(
         BENCH_KEY, name, cfg,
@@ -341,23 +313,15 @@ def _finish(ctx: RunContext, name: str, cfg: dict, cache: Cache, secs: list[floa
         units={"step_s": "s", "tok_s": "tokens/s", "kv_read_gbps": "GB/s",
                "roofline_gbps": "GB/s", "roofline_tok_s": "tokens/s", "pct_of_roofline": "%",
                "kv_bytes_per_step": "B", "rel_err": "relative Frobenius error vs fp32 reference",
-               "dequant_s": "s", "dequant_share": "fraction of step_s", **_STEP_UNITS},
+               "dequant_s": "s", **_STEP_UNITS, **(units or {})},
         metrics={"kv_bytes_per_step": kvb, **(extra or {})}, notes=notes)
     # headline figures from the median step time, so tok_s x step_s = batch exactly
     med = case["metrics"]["step_s"]
     case["metrics"]["tok_s"] = cache.B / med
     case["metrics"]["kv_read_gbps"] = kvb / med / GB
-    if roof_gbps:
-        m = case["metrics"]
-        m["roofline_gbps"] = roof_gbps
-        m["roofline_tok_s"] = cache.B / (kvb / (roof_gbps * GB))
-        m["pct_of_roofline"] = 100.0 * m["kv_read_gbps"] / roof_gbps
-        case["notes"].append("pct_of_roofline: not paired, against bandwidths from this run's "
-                             "ceiling cases")
-        if measure.above_ceiling(case["stats"]["kv_read_gbps"], roof_gbps, None):
-            measure.flag(case, "above_ceiling",
-                         f"KV reads at {m['pct_of_roofline']:.0f}% of the placement's roofline, "
-                         "beyond noise: the roofline's measured bandwidths did not bound it")
+    paired.record(case, res, percent=percent)
+    if "pct_of_roofline" in res.ratios:
+        _roofline_from_pairs(case)
     _relate(ctx, case)
     return case
 
@@ -418,8 +382,11 @@ def _hbm_step(ctx: RunContext, cache: Cache, fused: bool, budget: int) -> dict[s
     step()
     torch.cuda.synchronize()
     replay, graph, note = _graph(step)
+    # what the graph writes: the eager arm's calls re-point ws["out"] (an unfused step
+    # allocates its output per call), so the verification reads this one
+    graph_out = ws["out"]
     return {"cache": cache, "pool": pool, "tables": tables, "nres": nres, "tile": tile, "tuned": tuned,
-            "step": step, "ws": ws, "replay": replay, "graph": graph, "note": note}
+            "step": step, "ws": ws, "replay": replay, "graph": graph, "note": note, "out": graph_out}
 
 
 def _hbm_arms(ctx: RunContext, fmt: str, fused: bool, main: dict, twin: dict | None, info: dict):
@@ -429,16 +396,13 @@ def _hbm_arms(ctx: RunContext, fmt: str, fused: bool, main: dict, twin: dict | N
     from kvbench.measure.paired import cuda_arm
 
     cache = main["cache"]
-    nbytes = (128 if ctx.quick else 512) * MiB
-    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 256)
-    b = torch.empty_like(a)
+    copies, keep = _copy_arms(ctx, with_h2d=False)
     arms = {"step": cuda_arm(main["replay"], cache.B, info=info),
-            "eager": cuda_arm(main["step"], cache.B, ahead=False),
-            "hbm_copy": cuda_arm(lambda: b.copy_(a), 2 * nbytes)}
-    kvb = cache.kv_bytes_per_step
+            "eager": cuda_arm(main["step"], cache.B, ahead=False), **copies}
+    kvb, copied = cache.kv_bytes_per_step, copies["hbm_copy"].work
 
     def pct_of_roofline(s: dict[str, float]) -> float:
-        return (kvb / s["step"]) / (2 * nbytes / s["hbm_copy"])
+        return (kvb / s["step"]) / (copied / s["hbm_copy"])
     ratios: dict[str, Any] = {"pct_of_roofline": pct_of_roofline}
     if twin is not None:
         arms["twin"] = cuda_arm(twin["replay"], cache.B)
@@ -455,7 +419,7 @@ def _hbm_arms(ctx: RunContext, fmt: str, fused: bool, main: dict, twin: dict | N
                                  layer=0, dtype=torch.bfloat16, backend="triton", check=False)
         arms["dq"] = cuda_arm(dq_only, cache.B)
         ratios["dequant_share"] = ("step", "dq")
-    return arms, ratios, (a, b)
+    return arms, ratios, keep
 
 
 def hbm_case(ctx: RunContext, fmt: str, batch: int, context: int, fused: bool) -> dict:
@@ -484,10 +448,11 @@ def hbm_case(ctx: RunContext, fmt: str, batch: int, context: int, fused: bool) -
     arms, ratios, keep = _hbm_arms(ctx, fmt, fused, main, twin, info)
     res = paired.interleave(arms, ratios, budget_s=_budget(ctx),
                             min_pairs=paired.min_pairs_for(ctx.samples), warmup=ctx.warmup)
-    main["ws"]["out"].fill_(float("nan"))
+    main["out"].fill_(float("nan"))
     main["replay"]()  # verify what the graph computes
     torch.cuda.synchronize()
-    extra = {"rel_err": _verify(cache, main["ws"]["out"], main["pool"],
+    out = main["out"] if main["graph"] is not None else main["ws"]["out"]  # eager: its latest
+    extra = {"rel_err": _verify(cache, out, main["pool"],
                                 main["tables"][(cache.L - 1) % main["nres"]]), **_launch_overhead(res)}
     notes = [_step_note(main["note"], info, main["graph"]),
              f"{main['nres']} of {cache.L} layers resident (distinct pages), kernels cycle over them; "
@@ -505,21 +470,22 @@ def hbm_case(ctx: RunContext, fmt: str, batch: int, context: int, fused: bool) -
     res.release()
     del main, twin, arms, keep  # free before the next case allocates
     torch.cuda.empty_cache()
-    case = _finish(ctx, _name("hbm", fmt, batch, context, fused), cfg, cache, res.arms["step"].seconds,
-                   None, notes, extra)
-    paired.record(case, res, percent=("pct_of_roofline",))
-    _roofline_from_pairs(case, res)
-    return case
+    if not fused:
+        extra["dequant_s"] = summarize(res.arms["dq"].seconds)["median"]
+    return _finish(ctx, _name("hbm", fmt, batch, context, fused), cfg, cache, res, notes, extra,
+                   percent=("pct_of_roofline",),
+                   units={"dequant_share": "fraction of step_s (per pair: dequantization alone / unfused step)"})
 
 
-def _roofline_from_pairs(case: dict, res: Any) -> None:
-    """roofline_gbps / roofline_tok_s from the paired copy; above_ceiling when the
-    paired pct_of_roofline's interval is entirely above 100%."""
+def _roofline_from_pairs(case: dict) -> None:
+    """roofline_gbps (median over pairs of the KV-read rate the pair's copies allow) and
+    roofline_tok_s; above_ceiling when the paired pct_of_roofline's interval is entirely
+    above 100%."""
     from kvbench.measure import flag
 
-    copy = res.arms["hbm_copy"]
-    m = case["metrics"]
-    m["roofline_gbps"] = summarize([copy.work / s / GB for s in copy.seconds])["median"]
+    m, smp = case["metrics"], case["samples"]
+    m["roofline_gbps"] = summarize([kv / (pct / 100.0) for kv, pct in
+                                    zip(smp["kv_read_gbps"], smp["pct_of_roofline"])])["median"]
     m["roofline_tok_s"] = case["config"]["batch"] / (m["kv_bytes_per_step"] / (m["roofline_gbps"] * GB))
     pr = case["paired"]["pct_of_roofline"]
     if pr["ci_low"] > 100.0:
@@ -542,10 +508,11 @@ def _host_pool(cache: Cache, pin: bool):
 def prefetch_case(ctx: RunContext, fmt: str, batch: int, context: int, placement: str,
                   window: int = 0) -> dict:
     """dram_prefetch / hot_window / nvme: a two-slot HBM staging ring fed per layer by a
-    copy stream (from pinned DRAM, or from NVMe through pinned staging)."""
+    copy stream (from pinned DRAM, or from NVMe through pinned staging); sampled
+    alternately with the copies its roofline is made of."""
     import torch
 
-    from kvbench.timing import time_cuda, time_host
+    from kvbench.measure import paired
 
     if not ctx.cuda:
         raise Skip("needs a CUDA device (none here)")
@@ -607,28 +574,35 @@ def prefetch_case(ctx: RunContext, fmt: str, batch: int, context: int, placement
             freed[slot].record(comp_s)
 
     extra_notes: list[str] = []
+    cold_bytes = cache.L * cache.B * cold_blocks * pb
+    info: dict[str, Any] = {}
     if placement == "nvme":
-        step, cleanup, resid, roof_tier = _nvme_pipeline(ctx, cache, enqueue_layer, R)
-        try:
-            secs = time_host(step, warmup=ctx.warmup, samples=ctx.samples, setup=cleanup["drop"])
-        finally:
-            cleanup["close"]()
-        worst = max(resid[ctx.warmup:] or [1.0])
-        state = "cold" if worst <= 0.01 else "warm"
-        extra_notes.append(f"{state}: at most {worst:.1%} of the file resident before each step")
+        step, cleanup, resid, seq_arm = _nvme_pipeline(ctx, cache, enqueue_layer, R)
+        arms = {"step": paired.host_arm(step, cache.B, setup=cleanup["drop"]), "seq": seq_arm}
     else:
         def step():
             copy_s.wait_stream(comp_s)  # copies start after the step's start event
             for layer in range(cache.L):
                 enqueue_layer(layer, layer % R)
             comp_s.wait_stream(copy_s)
+        arms = {"step": paired.cuda_arm(step, cache.B, comp_s, info=info)}
+        cleanup = {"close": lambda: None}
+    copies, keep = _copy_arms(ctx)
+    arms.update(copies)
+    try:
+        res = paired.interleave(arms, {"pct_of_roofline": _tier_roofline(cache, cold_bytes, arms)},
+                                budget_s=_budget(ctx), min_pairs=paired.min_pairs_for(ctx.samples),
+                                warmup=ctx.warmup)
+    finally:
+        cleanup["close"]()
+    if placement == "nvme":
+        worst = max(resid[ctx.warmup:] or [1.0])
+        state = "cold" if worst <= 0.01 else "warm"
+        extra_notes.append(f"{state}: at most {worst:.1%} of the file resident before each step")
+    else:
         from kvbench.timing import ahead_note
 
-        info: dict[str, Any] = {}
-        secs = time_cuda(step, warmup=ctx.warmup, samples=ctx.samples, stream=comp_s,
-                         ahead=True, info=info)
         extra_notes.append(ahead_note(info))
-        roof_tier = _measured(ctx, "h2d")
     torch.cuda.synchronize()
     # verify the last layer against the reference computed from where its pages came from
     last = cache.L - 1
@@ -639,19 +613,19 @@ def prefetch_case(ctx: RunContext, fmt: str, batch: int, context: int, placement
         del ref_pool
     else:
         err = _verify(cache, out["o"], hbm, tables[(last % R, last)])
-    hbm_bw = _measured(ctx, "hbm")
-    cold_bytes = cache.L * cache.B * cold_blocks * pb
-    roof = None
-    if roof_tier and hbm_bw:
-        t_roof = max(cold_bytes / (roof_tier * GB), cache.kv_bytes_per_step / (hbm_bw * GB))
-        roof = cache.kv_bytes_per_step / t_roof / GB
     cfg = _cfg(ctx, placement, fmt, batch, context, True, hot_window_tokens=hot_blocks * cache.spec.tokens,
                staging_slots=R, bytes_from_tier_per_step=cold_bytes, tile=tile.describe())
+    res.release()
     hbm = host = attend = None  # free before the next case allocates
+    del keep
     torch.cuda.empty_cache()
-    return _finish(ctx, _name(placement, fmt, batch, context, True), cfg, cache, secs, roof,
-                   [f"roofline: {cold_bytes:,} B per step from the tier at its measured rate, "
-                    "overlapped with HBM reads"] + extra_notes, {"rel_err": err})
+    return _finish(ctx, _name(placement, fmt, batch, context, True), cfg, cache, res,
+                   [f"roofline: {cold_bytes:,} B per step from the tier (a contiguous pinned "
+                    "host->device copy" + (", and for nvme the file read sequentially, the slower"
+                                           if placement == "nvme" else "")
+                    + "), overlapped with HBM reads (a device-to-device copy), each sampled "
+                    "alternately with the step; pct_of_roofline per pair"] + extra_notes,
+                   {"rel_err": err}, percent=("pct_of_roofline",))
 
 
 def _nvme_threads(ctx: RunContext) -> int:
@@ -673,7 +647,6 @@ def _nvme_pipeline(ctx, cache, enqueue_layer, R):
     from kvbench.measure import staged
     from kvbench.store import PagePool
     from kvbench.tiers.dram import aligned_host_empty
-    from kvbench.timing import time_host
 
     tier = odirect_tier_or_skip(ctx)
     pool = PagePool(tier, cache.spec, cache.L * cache.BP)
@@ -707,22 +680,64 @@ def _nvme_pipeline(ctx, cache, enqueue_layer, R):
         tier.close()
 
     try:
+        from kvbench.measure.paired import host_arm
+
         seq_out = aligned_host_empty(min(f.nbytes, 4 * region), pin=True)
         n_seq = seq_out.numel()
-        seq = movers.sequential_reader(f, n_seq, seq_out, 4 * MiB, "odirect", tp)
-        seq_gbps = summarize(measure.gbps(n_seq, time_host(seq, warmup=0, samples=max(2, ctx.samples // 2),
-                                                    setup=f.drop_cache)))["median"]
-        del seq_out
+        seq_arm = host_arm(movers.sequential_reader(f, n_seq, seq_out, 4 * MiB, "odirect", tp), n_seq,
+                           setup=f.drop_cache)
     except BaseException:
         close()
         raise
-    h2d_bw = _measured(ctx, "h2d")
-    roof_tier = min(seq_gbps, h2d_bw) if h2d_bw else seq_gbps
-    return step, {"drop": lambda: resid.append(f.drop_cache()), "close": close}, resid, roof_tier
+    return step, {"drop": lambda: resid.append(f.drop_cache()), "close": close}, resid, seq_arm
+
+
+def _copy_arms(ctx: RunContext, with_h2d: bool = True) -> tuple[dict[str, Any], Any]:
+    """Arms for a roofline: a device-to-device copy (counted read + written) and a
+    contiguous pinned host->device copy, 128 MiB quick / 512 MiB full; and the buffers."""
+    import torch
+
+    from kvbench.measure.paired import cuda_arm
+    from kvbench.tiers.dram import aligned_host_empty
+
+    nbytes = (128 if ctx.quick else 512) * MiB
+    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 256)
+    b = torch.empty_like(a)
+    stream = torch.cuda.Stream()
+    arms = {"hbm_copy": cuda_arm(lambda: b.copy_(a), 2 * nbytes, stream)}
+    host = None
+    if with_h2d:
+        host = aligned_host_empty(nbytes, pin=True).random_(0, 256)
+        arms["h2d"] = cuda_arm(lambda: b.copy_(host, non_blocking=True), nbytes, stream)
+    return arms, (host, a, b)
+
+
+def _tier_roofline(cache: Cache, cold_bytes: int, arms: dict[str, Any]) -> Callable[[dict[str, float]], float]:
+    """Per pair: the roofline step time over the measured one. The roofline moves the
+    tier's bytes at the tier's rate (the H2D copy's; for nvme the slower of it and the
+    file's sequential read) overlapped with every KV byte at HBM's rate (``hbm_copy``;
+    absent for zero-copy, whose kernel reads the host pages over the link directly)."""
+    kvb = cache.kv_bytes_per_step
+    work = {k: a.work for k, a in arms.items()}
+
+    def pct_of_roofline(sec: dict[str, float]) -> float:
+        tier = work["h2d"] / sec["h2d"]
+        if "seq" in sec:
+            tier = min(tier, work["seq"] / sec["seq"])
+        t_roof = cold_bytes / tier
+        if "hbm_copy" in sec:
+            t_roof = max(t_roof, kvb / (work["hbm_copy"] / sec["hbm_copy"]))
+        return t_roof / sec["step"]
+    return pct_of_roofline
 
 
 def zero_copy_case(ctx: RunContext, fmt: str, batch: int, context: int) -> dict:
+    """The kernel reads pinned host pages over PCIe (unified addressing); sampled
+    alternately with the eager step (launch overhead) and a contiguous H2D copy (the
+    roofline: every KV byte at the link's rate)."""
     import torch
+
+    from kvbench.measure import paired
 
     if not ctx.cuda:
         raise Skip("needs a CUDA device (none here)")
@@ -731,15 +746,31 @@ def zero_copy_case(ctx: RunContext, fmt: str, batch: int, context: int) -> dict:
     tables = [cache.table(l * cache.BP, "cuda") for l in range(cache.L)]
     tile = _tuned_tile(ctx, fmt)
     step, ws = _kernel_step(cache, host, tables, zero_copy=True, tile=tile)
-    secs, extra, notes = _timed_step(ctx, step, lambda: ws["out"].fill_(float("nan")))
+    step()
     torch.cuda.synchronize()
-    extra["rel_err"] = _verify(cache, ws["out"], host, tables[-1].cpu())
+    replay, graph, note = _graph(step)
+    graph_out = ws["out"]  # what the graph writes (fused: the prepared output)
+    info: dict[str, Any] = {}
+    copies, keep = _copy_arms(ctx)
+    arms = {"step": paired.cuda_arm(replay, cache.B, info=info),
+            "eager": paired.cuda_arm(step, cache.B, ahead=False), "h2d": copies["h2d"]}
+    res = paired.interleave(arms, {"pct_of_roofline": _tier_roofline(cache, cache.kv_bytes_per_step, arms)},
+                            budget_s=_budget(ctx), min_pairs=paired.min_pairs_for(ctx.samples),
+                            warmup=ctx.warmup)
+    graph_out.fill_(float("nan"))
+    replay()  # verify what the graph computes
+    torch.cuda.synchronize()
+    extra = {"rel_err": _verify(cache, graph_out, host, tables[-1].cpu()), **_launch_overhead(res)}
     cfg = _cfg(ctx, "dram_zero_copy", fmt, batch, context, True, tile=tile.describe())
-    roof = _measured(ctx, "h2d")
-    host = step = ws = None
-    return _finish(ctx, _name("dram_zero_copy", fmt, batch, context, True), cfg, cache, secs,
-                   roof, ["the kernel loads pinned host pages over PCIe (unified addressing)"] + notes,
-                   extra)
+    step_note = _step_note(note, info, graph)
+    res.release()
+    host = step = ws = graph = replay = graph_out = None
+    del keep
+    return _finish(ctx, _name("dram_zero_copy", fmt, batch, context, True), cfg, cache, res,
+                   ["the kernel loads pinned host pages over PCIe (unified addressing)", step_note,
+                    "roofline: every KV byte at the rate of a contiguous pinned host->device copy "
+                    "sampled alternately with the step; pct_of_roofline per pair"], extra,
+                   percent=("pct_of_roofline",))
 
 
 def _tuned_tile(ctx: RunContext, fmt: str) -> Any:
@@ -829,10 +860,8 @@ def cpu_reference_case(ctx: RunContext, fmt: str, batch: int, context: int, plac
         notes.append(f"{'cold' if worst <= 0.01 else 'warm'}: at most {worst:.1%} of the file "
                      "resident before each step")
     cfg = _cfg(ctx, placement, fmt, batch, context, True, implementation="torch reference")
-    case = _finish(ctx, _name(placement, fmt, batch, context, True) + "/cpu-reference", cfg,
-                   cache, res.arms["step"].seconds, None, notes)
-    paired.record(case, res)
-    return case
+    return _finish(ctx, _name(placement, fmt, batch, context, True) + "/cpu-reference", cfg,
+                   cache, res, notes)
 
 
 def _budget(ctx: RunContext) -> float:

@@ -505,10 +505,13 @@ def _paired_load(ctx: RunContext, tokens: int, load: Any, notes: list[str]) -> A
         notes.append(f"{why}: break-even and speed-up not computed")
         return interleave({"load": load}, {}, budget_s=_budget(ctx), min_pairs=min_pairs_for(ctx.samples),
                           warmup=min(ctx.warmup, 1))
+    # at least MIN_SAMPLES pairs, not paired.MIN_PAIRS: on the CPU one recompute of a long
+    # prefix takes seconds to minutes (with 3 pairs the interval is their whole range)
     notes.append(f"speed-up vs recompute: per pair of a load and a recompute of the same {tokens} "
                  f"tokens sampled alternately in this case (recompute: {how})")
     return interleave({"load": load, "recompute": rec}, {"speedup_vs_recompute": ("load", "recompute")},
-                      budget_s=_budget(ctx), min_pairs=min_pairs_for(ctx.samples), warmup=min(ctx.warmup, 1))
+                      budget_s=_budget(ctx), min_pairs=min(MIN_SAMPLES, ctx.samples) if not ctx.cuda
+                      else min_pairs_for(ctx.samples), warmup=min(ctx.warmup, 1))
 
 
 def dram_case(ctx: RunContext, tokens: int) -> dict[str, Any]:

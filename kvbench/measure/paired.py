@@ -64,11 +64,13 @@ def rate_ratio(num: Arm, den: Arm) -> list[float]:
 def per_pair(arms: dict[str, Arm], spec: Any) -> list[float]:
     """A ratio's value for every pair so far. ``spec``: (numerator arm, denominator
     arm), a ratio of their rates; or a function of one pair's seconds per arm
-    ({arm: seconds} -> value), for figures such as a roofline."""
-    if isinstance(spec, tuple):
+    ({arm: seconds} -> value), for figures such as a roofline; or (numerator,
+    denominator, function), a function with the arms it relates named."""
+    if isinstance(spec, tuple) and len(spec) == 2:
         return rate_ratio(arms[spec[0]], arms[spec[1]])
+    fn = spec[2] if isinstance(spec, tuple) else spec
     n = min(len(a.seconds) for a in arms.values())
-    return [spec({k: a.seconds[i] for k, a in arms.items()}) for i in range(n)]
+    return [fn({k: a.seconds[i] for k, a in arms.items()}) for i in range(n)]
 
 
 def _ratio_stats(arms: dict[str, Arm], ratios: dict[str, Any]) -> dict[str, dict]:
@@ -77,7 +79,7 @@ def _ratio_stats(arms: dict[str, Arm], ratios: dict[str, Any]) -> dict[str, dict
         vals = per_pair(arms, spec)
         # paired_ratio(a, b) = a / b per pair; here a = the ratio, b = 1
         st = paired_ratio(vals, [1.0] * len(vals))
-        num, den = spec if isinstance(spec, tuple) else (getattr(spec, "__name__", "f"), "")
+        num, den = spec[:2] if isinstance(spec, tuple) else (getattr(spec, "__name__", "f"), "")
         st.update(numerator=num, denominator=den)
         out[name] = st
     return out
@@ -127,7 +129,8 @@ def record(case: dict[str, Any], result: Interleaved, *, percent: tuple[str, ...
     for name, st in result.ratios.items():
         k = scale[name]
         case["metrics"][name] = k * st["median"]
-        case["units"][name] = (units or {}).get(name, "%" if k == 100.0 else "x")
+        case["units"][name] = ((units or {}).get(name) or case["units"].get(name)
+                               or ("%" if k == 100.0 else "x"))
         paired[name] = {"median": k * st["median"], "p10": k * st["p10"], "p90": k * st["p90"],
                         "ci_low": k * st["ci_low"], "ci_high": k * st["ci_high"],
                         "ci_level": st["ci_level"], "halfwidth": st["halfwidth"], "n": st["n"],
@@ -154,11 +157,25 @@ def cuda_arm(fn: Callable[[], Any], work: float, stream: Any = None,
              info: dict[str, Any] | None = None, ahead: bool = True) -> Arm:
     """An arm timed with CUDA events on ``stream``. ``ahead``: enqueued behind a GPU
     sleep, so the timed region holds device work only (``kvbench.timing.time_cuda``);
-    without it, the host's launch gaps are part of the time."""
+    the sleep's length carries from one round to the next. Without it, the host's
+    launch gaps are part of the time. ``info`` gathers every round's figures
+    (``kvbench.timing.ahead_note`` reads it)."""
     from kvbench.timing import time_cuda
 
-    return Arm(lambda k: time_cuda(fn, warmup=0, samples=k, stream=stream, ahead=ahead, info=info),
-               work)
+    state: dict[str, Any] = {}
+    enqueues: list[float] = []
+
+    def sample(k: int) -> list[float]:
+        got: dict[str, Any] = {}
+        out = time_cuda(fn, warmup=0, samples=k, stream=stream, ahead=ahead, info=got, state=state)
+        if info is not None and got:
+            enqueues.extend([got["enqueue_s"]] * k)
+            info.update(enqueue_s=sorted(enqueues)[len(enqueues) // 2], sleep_s=got["sleep_s"],
+                        hidden_samples=info.get("hidden_samples", 0) + got["hidden_samples"],
+                        samples=info.get("samples", 0) + got["samples"],
+                        host_bound=bool(info.get("host_bound")) or got["host_bound"])
+        return out
+    return Arm(sample, work)
 
 
 def min_pairs_for(samples: int) -> int:

@@ -38,14 +38,17 @@ class StagedReader:
 
     def __call__(self) -> None:
         pending: list[Any] = [None] * self.slots
-        for c in self.chunks:
-            if pending[c.slot] is not None:
-                pending[c.slot].synchronize()   # the slot's last chunk has left it
-            c.read()
-            pending[c.slot] = self.hand_on(c)
-        for ev in pending:
-            if ev is not None:
-                ev.synchronize()
+        try:
+            for c in self.chunks:
+                if pending[c.slot] is not None:
+                    pending[c.slot].synchronize()   # the slot's last chunk has left it
+                    pending[c.slot] = None
+                c.read()
+                pending[c.slot] = self.hand_on(c)
+        finally:  # also when a read fails: nothing may still copy out of a staging buffer
+            for ev in pending:
+                if ev is not None:
+                    ev.synchronize()
 
 
 def page_chunks(f: Any, stride: int, page_ids: Sequence[int], staging: Sequence[Any],

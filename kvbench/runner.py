@@ -283,7 +283,7 @@ def print_summary(doc: dict[str, Any], benches: dict[str, Benchmark], console: A
 
     table = Table(title=f"kvbench {doc['run']['mode']} run {doc['run']['id']} "
                         f"({doc['run']['status']})  GB = 1e9 B", title_justify="left")
-    for col in ("bench", "case", "status", "median", "p10-p90 / cv", "% of ceiling"):
+    for col in ("bench", "case", "status", "median", "p10-p90 / cv", "% of ceiling [95% CI]"):
         table.add_column(col, overflow="fold", no_wrap=col != "case")
     table.add_column("note", overflow="ellipsis", max_width=60, no_wrap=True)
     for c in doc["cases"]:
@@ -296,6 +296,9 @@ def print_summary(doc: dict[str, Any], benches: dict[str, Benchmark], console: A
         spread = (f"{st['p10']:.4g}-{st['p90']:.4g} / {st['cv']:.1%}" if st.get("n", 0) > 1 else "")
         pct = c["metrics"].get("pct_of_ceiling")
         pct_s = f"{pct:.0f}%" if isinstance(pct, (int, float)) else ""
+        pr = c.get("paired", {}).get("pct_of_ceiling")
+        if pr:  # paired in the case: its 95% interval
+            pct_s += f" [{pr['ci_low']:.0f}-{pr['ci_high']:.0f}]"
         status = {"ok": "[green]ok", "skipped": "[yellow]skipped", "error": "[red]error"}[c["status"]]
         if c.get("flags"):
             status = f"[magenta]{c['status']}: {', '.join(c['flags'])}"
@@ -311,9 +314,12 @@ def print_summary(doc: dict[str, Any], benches: dict[str, Benchmark], console: A
                           "figures above it are flagged as errors")
     counts = {s: sum(1 for c in doc["cases"] if c["status"] == s) for s in ("ok", "skipped", "error")}
     flagged = sum(1 for c in doc["cases"] if "above_ceiling" in c.get("flags", ()))
+    unstable = sum(1 for c in doc["cases"] if "unstable" in c.get("flags", ()))
     console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} errors"
                   + (f"; {flagged} above their ceiling (flagged: the ceiling did not bound them)"
-                     if flagged else ""))
+                     if flagged else "")
+                  + (f"; {unstable} unstable (a paired ratio's 95% interval wider than +-5% when the "
+                     "case's time budget ran out: --set <bench>.budget_s gives more)" if unstable else ""))
 
 
 def stderr_console() -> Any:

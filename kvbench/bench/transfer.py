@@ -465,7 +465,7 @@ def _fill_file_pool(pool: Any, n_total: int, page_bytes: int, odirect: bool):
 
 def budget_s(ctx: RunContext) -> float:
     """Seconds a case may sample for before it stops short of its target interval."""
-    return ctx.opt("transfer.budget_s", 3.0 if ctx.quick else 20.0, float)
+    return ctx.opt("transfer.budget_s", 6.0 if ctx.quick else 20.0, float)
 
 
 def _fio_arm(ctx: RunContext, case_notes: list[str], job_kw: dict[str, Any], log: list) -> Any:
@@ -797,7 +797,7 @@ BENCH = Benchmark(
         'transfer.file_bytes': 'payload bytes per sample to and from files (default 32MiB quick, 256MiB full)',
         'transfer.ceiling_bytes': 'bytes of the contiguous ceiling copies (default 256MiB quick, 1GiB full)',
         'transfer.queue_depths': 'queue depths of O_DIRECT file I/O (requests in flight, one per thread), e.g. 1,4,16,64 (the default)',
-        'transfer.budget_s': 'seconds a case samples its paired figures for before it stops short of +-5% (default 3 quick, 20 full)',
+        'transfer.budget_s': 'seconds a case samples its paired figures for before it stops short of +-5% (default 6 quick, 20 full)',
         'transfer.fio': 'on (default: fio on the same file as a reference, where fio is installed) or off',
     },
 )

@@ -82,6 +82,15 @@ class RunContext:
             raise KvbenchError(f"--set {key}: no values given")
         return out
 
+    def opt_seconds(self, key: str, default: float) -> float:
+        """A time budget option (``--set key=SECONDS``): a positive number of seconds."""
+        from kvbench.errors import KvbenchError
+
+        v = self.opt(key, default, float)
+        if not v > 0:
+            raise KvbenchError(f"--set {key}={self.options.get(key)}: must be a positive number of seconds")
+        return v
+
     def opt(self, key: str, default: Any, cast: Callable[[str], Any] = str) -> Any:
         from kvbench.errors import KvbenchError
 

@@ -866,7 +866,7 @@ def cpu_reference_case(ctx: RunContext, fmt: str, batch: int, context: int, plac
 
 def _budget(ctx: RunContext) -> float:
     """Seconds a case may sample its paired figures for."""
-    return ctx.opt("decode.budget_s", 3.0 if ctx.quick else 15.0, float)
+    return ctx.opt_seconds("decode.budget_s", 3.0 if ctx.quick else 15.0)
 
 
 def kernel_check_case(ctx: RunContext, fmt: str) -> dict:
@@ -908,6 +908,7 @@ def plan(ctx: RunContext) -> list[Case]:
     if "decode.tiles" in ctx.options:
         _tiles(ctx)  # so does a malformed --set decode.tiles
     _nvme_threads(ctx)  # and a thread count below 1
+    _budget(ctx)  # and a budget that is not a positive number of seconds
     cases: list[Case] = []
     add = lambda name, fn: cases.append(Case(name, {}, fn))  # noqa: E731
     fmts = ctx.formats

@@ -84,7 +84,7 @@ def _chunk_bytes(ctx: RunContext) -> int:
 
 
 def _budget(ctx: RunContext) -> float:
-    return ctx.opt("prefix.budget_s", BUDGET_QUICK_S if ctx.quick else BUDGET_FULL_S, float)
+    return ctx.opt_seconds("prefix.budget_s", BUDGET_QUICK_S if ctx.quick else BUDGET_FULL_S)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -711,6 +711,7 @@ def _name(tokens: int, source: str) -> str:
 
 
 def plan(ctx: RunContext) -> list[Case]:
+    _budget(ctx)  # a malformed --set prefix.budget_s fails before anything runs
     runners = {"recompute": recompute_case, "dram": dram_case, "nvme": nvme_case}
     cases = []
     for n in tokens_sweep(ctx):

@@ -465,7 +465,17 @@ def _fill_file_pool(pool: Any, n_total: int, page_bytes: int, odirect: bool):
 
 def budget_s(ctx: RunContext) -> float:
     """Seconds a case may sample for before it stops short of its target interval."""
-    return ctx.opt("transfer.budget_s", 6.0 if ctx.quick else 20.0, float)
+    return ctx.opt_seconds("transfer.budget_s", 6.0 if ctx.quick else 20.0)
+
+
+def fio_wanted(ctx: RunContext) -> bool:
+    """--set transfer.fio=on|off (default on: fio runs beside file cases where installed)."""
+    from kvbench.errors import KvbenchError
+
+    v = ctx.opt("transfer.fio", "on").strip().lower()
+    if v not in ("on", "off"):
+        raise KvbenchError(f"--set transfer.fio={v!r}: expected on or off")
+    return v == "on"
 
 
 def _fio_arm(ctx: RunContext, case_notes: list[str], job_kw: dict[str, Any], log: list) -> Any:
@@ -473,7 +483,7 @@ def _fio_arm(ctx: RunContext, case_notes: list[str], job_kw: dict[str, Any], log
     from kvbench.measure import fio
     from kvbench.measure.paired import Arm
 
-    if ctx.opt("transfer.fio", "on") == "off":
+    if not fio_wanted(ctx):
         case_notes.append("fio reference: off (--set transfer.fio=off)")
         return None
     if fio.fio_path() is None:
@@ -730,6 +740,7 @@ def _name(direction: str, spec: PageSpec, method: str, depth: int | None = None,
 
 
 def plan(ctx: RunContext) -> list[Case]:
+    budget_s(ctx), fio_wanted(ctx)  # a malformed --set fails before anything runs
     cases: list[Case] = []
     add = lambda name, cfg, fn: cases.append(Case(name, cfg, fn))  # noqa: E731
     fmts, layouts, t = ctx.formats, ctx.layouts, ctx.tokens_per_page

@@ -26,22 +26,45 @@ import torch
 import triton
 import triton.language as tl
 
+from kvbench.errors import KvbenchError
+from kvbench.spec import ELEMENTS, SCALE_DTYPES, KVFormat, get_format
+
 from .quant import bf16_bits_to_f32, dequant_e2m1, e4m3_to_f32, e8m0_to_f32
 
-#: format codes (constexpr FMT)
-FMT_FP16, FMT_BF16, FMT_FP8, FMT_FP8_TOKHEAD, FMT_NVFP4, FMT_MXFP4 = 0, 1, 2, 3, 4, 5
+#: What the kernel reads is told by three constexprs taken from the format's declared
+#: attributes (``format_constexprs``), never from its name: VAL, the value element's
+#: code (kvbench.spec.ELEMENTS); SCALE, the in-page scale's code (SCALE_DTYPES); SBLK,
+#: elements per in-page block scale. The codes, as constexprs the kernel compares with:
+VAL_FP16 = tl.constexpr(ELEMENTS["fp16"].code)
+VAL_BF16 = tl.constexpr(ELEMENTS["bf16"].code)
+VAL_E4M3 = tl.constexpr(ELEMENTS["e4m3"].code)
+VAL_E2M1 = tl.constexpr(ELEMENTS["e2m1"].code)
+SCALE_NONE = tl.constexpr(SCALE_DTYPES["none"].code)
+SCALE_FP32 = tl.constexpr(SCALE_DTYPES["fp32"].code)  # per (token, head) vector
+SCALE_E4M3 = tl.constexpr(SCALE_DTYPES["e4m3"].code)  # per SBLK elements
+SCALE_E8M0 = tl.constexpr(SCALE_DTYPES["e8m0"].code)  # per SBLK elements
+
+#: (element, in-page scale dtype) pairs the kernel reads, with the scale granularity
+#: each in-page scale must have (out-of-page scales go through SIDE for any of them)
+READS = {("fp16", "none"): "none", ("bf16", "none"): "none", ("e4m3", "none"): "none",
+         ("e4m3", "fp32"): "token_head", ("e2m1", "e4m3"): "block", ("e2m1", "e8m0"): "block"}
 
 
-def fmt_code(name: str) -> int:
-    return {
-        "fp16": FMT_FP16, "bf16": FMT_BF16, "fp8_e4m3": FMT_FP8, "fp8_e4m3_head": FMT_FP8,
-        "fp8_e4m3_token_head": FMT_FP8_TOKHEAD, "nvfp4": FMT_NVFP4, "mxfp4": FMT_MXFP4,
-    }[name]
+def format_constexprs(fmt: str | KVFormat) -> dict[str, int]:
+    """The kernel's VAL, SCALE and SBLK for a KV format (a name or a KVFormat), from
+    its declared element and scale layout; KvbenchError for a layout it cannot read."""
+    f = get_format(fmt) if isinstance(fmt, str) else fmt
+    granularity = READS.get((f.element, f.scale_dtype))
+    if granularity is None or (granularity != "none" and f.scale != granularity):
+        raise KvbenchError(f"paged decode cannot read {f.name}: {f.element} values with "
+                           f"{f.scale} scales in {f.scale_dtype}")
+    return {"VAL": f.value_code, "SCALE": f.scale_code, "SBLK": max(1, f.block)}
 
 
 @triton.jit
 def _load_tile(VALS, SCU, page, page_stride, vals_off, sc_off, slot, dim, tmask,
-               h, H: tl.constexpr, D: tl.constexpr, FMT: tl.constexpr, INTERP: tl.constexpr):
+               h, H: tl.constexpr, D: tl.constexpr, VAL: tl.constexpr, SCALE: tl.constexpr,
+               SBLK: tl.constexpr, INTERP: tl.constexpr):
     """[TILE, D] fp32 tile of one K or V tensor of one head: row r is token slot[r] of
     page[r] (a tile may span several pages). Decoded values times their in-page
     *block* scale (token-head fp32 scales are applied by the caller). VALS is the pool
@@ -49,10 +72,10 @@ def _load_tile(VALS, SCU, page, page_stride, vals_off, sc_off, slot, dim, tmask,
     """
     vec = slot[:, None] * H + h  # (token, head) vector index inside the page
     base = page[:, None] * page_stride
-    if FMT == 0:
+    if VAL == VAL_FP16:
         x = tl.load(VALS + base + vals_off + vec * D + dim[None, :],
                     mask=tmask[:, None], other=0.0).to(tl.float32)
-    elif FMT == 1:
+    elif VAL == VAL_BF16:
         if INTERP:
             bits = tl.load(VALS + base + vals_off + vec * D + dim[None, :],
                            mask=tmask[:, None], other=0)
@@ -60,20 +83,20 @@ def _load_tile(VALS, SCU, page, page_stride, vals_off, sc_off, slot, dim, tmask,
         else:
             x = tl.load(VALS + base + vals_off + vec * D + dim[None, :],
                         mask=tmask[:, None], other=0.0).to(tl.float32)
-    elif FMT == 2 or FMT == 3:
+    elif VAL == VAL_E4M3:
         code = tl.load(VALS + base + vals_off + vec * D + dim[None, :],
                        mask=tmask[:, None], other=0)
         x = e4m3_to_f32(code)
-    else:
+    else:  # VAL_E2M1, two codes per byte, times an e4m3 or e8m0 scale per SBLK elements
         byte = tl.load(VALS + base + vals_off + vec * (D // 2) + dim[None, :] // 2,
                        mask=tmask[:, None], other=0).to(tl.int32)
         code = tl.where((dim[None, :] % 2) == 0, byte & 0xF, (byte >> 4) & 0xF)
-        if FMT == 4:
-            sc = tl.load(SCU + base + sc_off + vec * (D // 16) + dim[None, :] // 16,
+        if SCALE == SCALE_E4M3:
+            sc = tl.load(SCU + base + sc_off + vec * (D // SBLK) + dim[None, :] // SBLK,
                          mask=tmask[:, None], other=0)
             x = dequant_e2m1(code) * e4m3_to_f32(sc)
         else:
-            sc = tl.load(SCU + base + sc_off + vec * (D // 32) + dim[None, :] // 32,
+            sc = tl.load(SCU + base + sc_off + vec * (D // SBLK) + dim[None, :] // SBLK,
                          mask=tmask[:, None], other=127)
             x = dequant_e2m1(code) * e8m0_to_f32(sc)
     return tl.where(tmask[:, None], x, 0.0)
@@ -86,7 +109,8 @@ def _paged_decode_kernel(
     k_off, v_off, ksc_off_f, vsc_off_f, ksc_off_u, vsc_off_u,
     side_k, side_v, sm_scale, blocks_per_split, num_splits,
     T: tl.constexpr, H: tl.constexpr, D: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-    FMT: tl.constexpr, HEAD_SIDE: tl.constexpr, HAS_SIDE: tl.constexpr,
+    VAL: tl.constexpr, SCALE: tl.constexpr, SBLK: tl.constexpr,
+    HEAD_SIDE: tl.constexpr, HAS_SIDE: tl.constexpr,
     TILE: tl.constexpr, INTERP: tl.constexpr,
 ):
     """Program (b, h, split): query heads of KV head h of sequence b over the split's
@@ -110,7 +134,7 @@ def _paged_decode_kernel(
     qk_scale = sm_scale * k_side
     if INTERP:
         qd = q
-    elif FMT == 0:
+    elif VAL == VAL_FP16:
         qd = q.to(tl.float16)
     else:
         qd = q.to(tl.bfloat16)
@@ -128,17 +152,17 @@ def _paged_decode_kernel(
         slot = tok % T
         page = tl.load(BT + b * bt_stride + tok // T, mask=tmask, other=0).to(tl.int64)
         k = _load_tile(K, SCU, page, k_page_stride, k_off, ksc_off_u, slot, dim, tmask,
-                       h, H, D, FMT, INTERP)
+                       h, H, D, VAL, SCALE, SBLK, INTERP)
         v = _load_tile(V, SCU, page, v_page_stride, v_off, vsc_off_u, slot, dim, tmask,
-                       h, H, D, FMT, INTERP)
+                       h, H, D, VAL, SCALE, SBLK, INTERP)
         if INTERP:
             s = tl.dot(qd, tl.trans(k), input_precision="ieee")
-        elif FMT == 0:
+        elif VAL == VAL_FP16:
             s = tl.dot(qd, tl.trans(k.to(tl.float16)))
         else:
             s = tl.dot(qd, tl.trans(k.to(tl.bfloat16)))
         s = s * qk_scale
-        if FMT == 3:
+        if SCALE == SCALE_FP32:
             ks = tl.load(SCF + page * sc_page_stride_f + ksc_off_f + slot * H + h,
                          mask=tmask, other=0.0)
             s = s * ks[None, :]
@@ -147,7 +171,7 @@ def _paged_decode_kernel(
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if FMT == 3:
+        if SCALE == SCALE_FP32:
             vs = tl.load(SCF + page * sc_page_stride_f + vsc_off_f + slot * H + h,
                          mask=tmask, other=0.0)
             pv = p * vs[None, :]
@@ -155,7 +179,7 @@ def _paged_decode_kernel(
             pv = p
         if INTERP:
             o = tl.dot(pv, v, input_precision="ieee")
-        elif FMT == 0:
+        elif VAL == VAL_FP16:
             o = tl.dot(pv.to(tl.float16), v.to(tl.float16))
         else:
             o = tl.dot(pv.to(tl.bfloat16), v.to(tl.bfloat16))
@@ -249,7 +273,7 @@ def check_shape(tokens: int, head_dim: int) -> None:
         raise ValueError(f"paged decode needs a power-of-two head_dim >= 16, not {head_dim}")
 
 
-def prepare_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str, tokens: int,
+def prepare_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str | KVFormat, tokens: int,
                    heads: int, head_dim: int, k_off: int, v_off: int, k_page_stride: int,
                    v_page_stride: int, scales_f32=None, scales_u8=None,
                    sc_page_stride_f: int = 0, sc_page_stride_u: int = 0, ksc_off_f: int = 0,
@@ -263,6 +287,7 @@ def prepare_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str, tokens
     step holds device work and two launches per layer, and can be captured in a CUDA
     graph. The callable returns ``out``: fp32 ``[B, H*G, D]``.
 
+    fmt: the KV format of the pages (a name or a KVFormat; see ``format_constexprs``).
     q: ``[B, H*G, D]`` (fp16 for fp16 pages, bf16 or fp32 otherwise). k_vals / v_vals:
     the pool (or a K/V buffer) viewed as the value element type (fp16, int16 for bf16
     under the interpreter, bf16 on CUDA, uint8 for fp8/fp4); offsets and page strides
@@ -275,6 +300,7 @@ def prepare_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str, tokens
     B, HG, D = q.shape
     G = HG // heads
     check_shape(tokens, head_dim)
+    fmt_consts = format_constexprs(fmt)
     tile = tile or DEFAULT_TILE
     if tile.tile_tokens < 16 or tile.tile_tokens & (tile.tile_tokens - 1):
         raise ValueError(f"a decode tile needs a power-of-two >= 16 rows (tl.dot), not {tile}")
@@ -297,7 +323,7 @@ def prepare_decode(q, k_vals, v_vals, block_table, seq_lens, *, fmt: str, tokens
             side_k, side_v, float(sm_scale if sm_scale is not None else head_dim ** -0.5),
             per, splits)
     consts = dict(T=tokens, H=heads, D=head_dim, G=G, GP=max(16, triton.next_power_of_2(G)),
-                  FMT=fmt_code(fmt), HEAD_SIDE=1 if head_side else 0, HAS_SIDE=side is not None,
+                  **fmt_consts, HEAD_SIDE=1 if head_side else 0, HAS_SIDE=side is not None,
                   TILE=tile.tile_tokens, INTERP=interpreting(), num_warps=tile.num_warps,
                   num_stages=tile.num_stages)
     grid, merge_grid, sp = (B, heads, splits), (B * HG,), max(2, splits)

@@ -403,6 +403,20 @@ def _check_pool(pool: torch.Tensor, spec) -> int:
     return stride
 
 
+#: the format families (kvbench.spec.FORMAT_FAMILIES) with kernels here: "float" ->
+#: the 16-bit kernels, "fp8" -> the e4m3 kernels, "fp4_block" -> the FP4 kernels. Within
+#: a family the constexprs come from the format's declared attributes (element, scale
+#: granularity, block size, scale dtype), and the layouts served are those the family's
+#: reference codec implements
+KERNEL_FAMILIES = ("float", "fp8", "fp4_block")
+
+
+def _check_format(fmt) -> None:
+    if fmt.family not in KERNEL_FAMILIES:
+        raise KvbenchError(f"{fmt.name}: no Triton kernels for format family {fmt.family!r}")
+    C.codec_for(fmt)  # KvbenchError for a layout the family does not implement
+
+
 def _check_offsets(pm, reg: int) -> None:
     for kv in range(pm.kv_factor):
         if pm.values(kv, reg).offset % 2 or pm.scales(kv, reg).offset % 4:
@@ -440,6 +454,7 @@ def quantize_to_pages(k, v, pool, page_ids, slots, spec, side=None, *, layer: in
     native_cvt: hardware fp8 converts (default on compiled CUDA) or integer-exact ones.
     """
     stride = _check_pool(pool, spec)
+    _check_format(spec.fmt)
     pm = page_map(spec)
     reg = region_for_layer(spec, layer)
     _check_offsets(pm, reg)
@@ -473,13 +488,13 @@ def quantize_to_pages(k, v, pool, page_ids, slots, spec, side=None, *, layer: in
             x = x.contiguous()
         vo, so = pm.values(kv, reg).offset, pm.scales(kv, reg).offset
         common = (x, x.stride(0), x.stride(1), pool, stride, pid, slot)
-        if fmt.value_bits == 16:
+        if fmt.family == "float":
             br = _rows_per_program(pm.head_dim)
             grid = (triton.cdiv(n_rows, br),)
             _quant16_kernel[grid](*common, bad, n_rows, pm.heads, pm.head_dim, vo,
-                                  BF16=fmt.name == "bf16", BLOCK_R=br,
+                                  BF16=fmt.element == "bf16", BLOCK_R=br,
                                   BLOCK_D=triton.next_power_of_2(pm.head_dim))
-        elif fmt.value_bits == 8:
+        elif fmt.family == "fp8":
             sd = _side_for(side, spec, layer, kv, dev)
             br = _rows_per_program(pm.head_dim)
             grid = (triton.cdiv(n_rows, br),)
@@ -495,7 +510,7 @@ def quantize_to_pages(k, v, pool, page_ids, slots, spec, side=None, *, layer: in
             br = _rows_per_program(nb * blk)
             grid = (triton.cdiv(n_rows, br),)
             _quant_fp4_kernel[grid](*common, sd, bad, n_rows, pm.heads, pm.head_dim, vo, so,
-                                    MX=fmt.family == "mxfp4", NATIVE=native, BLOCK_R=br,
+                                    MX=fmt.scale_dtype == "e8m0", NATIVE=native, BLOCK_R=br,
                                     NB=nb, BLK=blk)
     if check:
         nbad = int(bad.item())
@@ -516,6 +531,7 @@ def dequantize_pages(pool, block_table, spec, side=None, *, layer: int = 0,
     (fp16, bf16 or fp32), v None for MLA. check: validate page ids (synchronizes).
     """
     stride = _check_pool(pool, spec)
+    _check_format(spec.fmt)
     pm = page_map(spec)
     reg = region_for_layer(spec, layer)
     _check_offsets(pm, reg)
@@ -536,13 +552,13 @@ def dequantize_pages(pool, block_table, spec, side=None, *, layer: int = 0,
         optr = out.view(torch.int16) if dtype == torch.bfloat16 else out
         vo, so = pm.values(kv, reg).offset, pm.scales(kv, reg).offset
         if n_rows:
-            if fmt.value_bits == 16:
+            if fmt.family == "float":
                 br = _rows_per_program(pm.head_dim)
                 _dequant16_kernel[(triton.cdiv(n_rows, br),)](
                     pool, stride, table, optr, n_rows, th, pm.heads, pm.head_dim, vo,
-                    BF16=fmt.name == "bf16", OUT=_OUT[dtype], BLOCK_R=br,
+                    BF16=fmt.element == "bf16", OUT=_OUT[dtype], BLOCK_R=br,
                     BLOCK_D=triton.next_power_of_2(pm.head_dim))
-            elif fmt.value_bits == 8:
+            elif fmt.family == "fp8":
                 sd = _side_for(side, spec, layer, kv, dev)
                 br = _rows_per_program(pm.head_dim)
                 _dequant_fp8_kernel[(triton.cdiv(n_rows, br),)](
@@ -557,6 +573,6 @@ def dequantize_pages(pool, block_table, spec, side=None, *, layer: int = 0,
                 br = _rows_per_program(nb * blk)
                 _dequant_fp4_kernel[(triton.cdiv(n_rows, br),)](
                     pool, stride, table, sd, optr, n_rows, th, pm.heads, pm.head_dim, vo, so,
-                    MX=fmt.family == "mxfp4", OUT=_OUT[dtype], BLOCK_R=br, NB=nb, BLK=blk)
+                    MX=fmt.scale_dtype == "e8m0", OUT=_OUT[dtype], BLOCK_R=br, NB=nb, BLK=blk)
         outs.append(out.reshape(*lead, p * pm.tokens, pm.heads, pm.head_dim))
     return (outs[0], outs[1] if pm.kv_factor == 2 else None)

@@ -14,12 +14,13 @@ import torch
 
 from kvbench.errors import KvbenchError
 from kvbench.formats.layout import page_map, region_for_layer, side_count
-from kvbench.spec import PageSpec
+from kvbench.spec import KVFormat, PageSpec, get_format
 
 
-def q_dtype(fmt: str) -> torch.dtype:
-    """The query dtype the kernels expect: fp16 with fp16 pages, bf16 otherwise."""
-    return torch.float16 if fmt == "fp16" else torch.bfloat16
+def q_dtype(fmt: str | KVFormat) -> torch.dtype:
+    """The query dtype the kernels expect: fp16 with fp16 values, bf16 otherwise."""
+    f = get_format(fmt) if isinstance(fmt, str) else fmt
+    return torch.float16 if f.element == "fp16" else torch.bfloat16
 
 
 def decode_reference(q: torch.Tensor, pool: torch.Tensor, block_table: torch.Tensor,
@@ -47,13 +48,13 @@ def decode_reference(q: torch.Tensor, pool: torch.Tensor, block_table: torch.Ten
     return out
 
 
-def _views(pool: torch.Tensor, fmt: str, interp: bool) -> tuple[torch.Tensor, int]:
+def _views(pool: torch.Tensor, fmt: KVFormat, interp: bool) -> tuple[torch.Tensor, int]:
     """The pool as its value element type, and the element size in bytes."""
-    if fmt == "fp16":
+    if fmt.element == "fp16":
         return pool.view(torch.float16), 2
-    if fmt == "bf16":
+    if fmt.element == "bf16":
         return pool.view(torch.int16 if interp else torch.bfloat16), 2
-    return pool, 1
+    return pool, 1  # 8- and 4-bit codes: bytes
 
 
 def fused_args(pool: torch.Tensor, spec: PageSpec, layer: int,
@@ -77,7 +78,7 @@ def fused_args(pool: torch.Tensor, spec: PageSpec, layer: int,
     stride = pool.shape[1]
     if stride % 4:
         raise KvbenchError(f"pool stride {stride} is not a multiple of 4 bytes")
-    vals, es = _views(pool, fmt.name, pa.interpreting())
+    vals, es = _views(pool, fmt, pa.interpreting())
     kv_off = [pm.values(kv, reg).offset for kv in range(2)]
     sc_off = [pm.scales(kv, reg).offset for kv in range(2)]
     a: dict[str, Any] = dict(
@@ -128,12 +129,12 @@ def decode_unfused(q: torch.Tensor, pool: torch.Tensor, block_table: torch.Tenso
                    side: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
     """Dequantize the pages to bf16 first (kvbench_kernels.quant), then bf16 paged
     attention over the dequantized copy."""
-    from kvbench.formats.paged import dequantize_pages
     from kvbench.kernels_loader import load_kernels
 
     pa = load_kernels("paged_attention")
-    k, v = dequantize_pages(pool, block_table, spec, side, layer=layer, dtype=torch.bfloat16,
-                            backend="triton", check=False)  # no host sync in timed steps
+    # check=False: no host sync in timed steps
+    k, v = load_kernels("quant").dequantize_pages(pool, block_table, spec, side, layer=layer,
+                                                  dtype=torch.bfloat16, check=False)
     B, P = block_table.shape
     pm = page_map(spec)
     per_page = pm.tokens * pm.heads * pm.head_dim

@@ -132,10 +132,10 @@ def _representable(fmt: str, g: torch.Generator) -> torch.Tensor:
     """A [6, 2, 64] tensor every value of which the format stores exactly."""
     shape = (6, 2, 64)
     f = get_format(fmt)
-    if f.family in ("fp16", "bf16"):
-        dt = torch.float16 if fmt == "fp16" else torch.bfloat16
+    if f.family == "float":
+        dt = torch.float16 if f.element == "fp16" else torch.bfloat16
         return (torch.randn(*shape, generator=g) * 100).to(dt).float()
-    if f.family == "fp8_e4m3":
+    if f.family == "fp8":
         codes = torch.randint(0, 0x7E, shape, generator=g, dtype=torch.uint8)
         codes |= torch.randint(0, 2, shape, generator=g, dtype=torch.uint8) << 7
         codes[..., 0] = 0x7E  # every (token, head) row reaches 448
@@ -145,7 +145,7 @@ def _representable(fmt: str, g: torch.Generator) -> torch.Tensor:
     codes = torch.randint(0, 16, (6, 2, nb, blk), generator=g, dtype=torch.uint8)
     codes[..., 0] = 7  # every block reaches 6
     vals = C.e2m1_decode(codes)
-    if f.family == "mxfp4":
+    if f.scale_dtype == "e8m0":  # MX: power-of-two block scales
         e = torch.randint(-20, 20, (6, 2, nb, 1), generator=g)
         return (vals * C.pow2(e)).reshape(shape)
     b = C.e4m3_decode(torch.randint(0x08, 0x7F, (6, 2, nb, 1), generator=g, dtype=torch.uint8))

@@ -199,15 +199,22 @@ def test_mla_latent_pages(fmt):
     assert got_v is None and torch.equal(got_k, want_k)
 
 
-def test_dispatch_through_formats_api():
+def test_dispatch_through_quantized_pages():
+    from kvbench import quantized_pages as QP
+
     spec, k, v, side, pool, ids, slots = _setup("nvfp4", "layer")
     ref = pool.clone()
-    paged.quantize_to_pages(k, v, pool, ids, slots, spec, side, backend="triton")
-    paged.quantize_to_pages(k, v, ref, ids, slots, spec, side, backend="torch")
+    QP.quantize_to_pages(k, v, pool, ids, slots, spec, side, backend="triton")
+    QP.quantize_to_pages(k, v, ref, ids, slots, spec, side, backend="torch")
     assert torch.equal(pool, ref)
-    a = paged.dequantize_pages(pool, torch.tensor([3], device=DEV), spec, side, backend="triton")
-    b = paged.dequantize_pages(pool, torch.tensor([3], device=DEV), spec, side, backend="torch")
+    a = QP.dequantize_pages(pool, torch.tensor([3], device=DEV), spec, side, backend="triton")
+    b = QP.dequantize_pages(pool, torch.tensor([3], device=DEV), spec, side, backend="torch")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert QP.pick_backend("auto", pool) == ("triton" if pool.is_cuda else "torch")
+    with pytest.raises(KvbenchError, match="backend"):
+        QP.quantize_to_pages(k, v, pool, ids, slots, spec, side, backend="cuda")
+    with pytest.raises(KvbenchError, match="quantized_pages"):  # the reference is torch only
+        paged.quantize_to_pages(k, v, pool, ids, slots, spec, side, backend="triton")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy NaN arithmetic in the interpreter
@@ -280,7 +287,7 @@ def test_cuda_native_and_integer_converts_agree_at_scale(fmt):
 def test_speed_measurement_path_runs_small(fmt):
     """The GPU speed case's code path, driven tiny on this device with the host timer:
     checks its bookkeeping and its built-in bit-exactness check, not its speed."""
-    from kvbench.formats.speed import measure, speed_config
+    from kvbench.measure.speed import measure, speed_config
     from kvbench.timing import time_host
 
     m = tiny()

@@ -1,15 +1,15 @@
 """KV formats: torch reference quantize / dequantize, the page byte map, and packing of
-quantized K/V into pages. The matching Triton kernels are ``kvbench_kernels.quant``
-(load with ``kvbench.kernels_loader.load_kernels("quant")``).
+quantized K/V into pages. The ground layer: it imports only ``kvbench.spec`` and
+``kvbench.errors``. The matching Triton kernels (``kernels/quant.py``) sit above it;
+``kvbench.quantized_pages`` picks the reference or the kernels for a pool.
 
 Modules:
-    codecs  quantize / dequantize per format (one registry, ``CODECS``, keyed by format
-            name), element codecs (e4m3, e2m1, e8m0, nibble packing)
+    codecs  quantize / dequantize per format family (``CODECS`` / ``get_codec``, keyed
+            by format name), element codecs (e4m3, e2m1, e8m0, nibble packing)
     layout  the page byte map (pure arithmetic, no torch)
     paged   pack_page / unpack_page; quantize_to_pages / dequantize_pages on a pool
     data    K/V/Q test data: synthetic with outlier channels, captured from transformers
     metrics attention and error metrics for the accuracy benchmark
-    speed   GPU bandwidth of the Triton kernels vs a device-to-device copy
 
 Names are loaded on first use, so ``import kvbench.formats.layout`` needs no torch.
 """

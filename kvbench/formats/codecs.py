@@ -43,7 +43,8 @@ E8M0_BIAS = 127
 #: Inference", developer blog, 2025; TensorRT Model Optimizer's NVFP4 recipe).
 NVFP4_TENSOR_DIV = FP8_MAX * E2M1_MAX  # 2688
 #: NVFP4 block length (elements per e4m3 scale) and MXFP4 block length (per e8m0 scale,
-#: MX spec v1.0 Table 1, k = 32).
+#: MX spec v1.0 Table 1, k = 32). The codecs read a format's declared ``block``; the
+#: registry's nvfp4 and mxfp4 declare these (tests check that they agree).
 NVFP4_BLOCK = 16
 MXFP4_BLOCK = 32
 #: Inputs below the smallest fp32 normal are flushed to zero before quantizing (compiled
@@ -199,11 +200,9 @@ class Quantized:
         if self.scales is None:
             return None
         f = get_format(self.fmt)
-        if f.scale == "token_head":
+        if f.scale_dtype == "fp32":
             return _aligned(self.scales, 4).view(torch.float32).squeeze(-1)
-        if f.family == "nvfp4":
-            return e4m3_decode(self.scales)
-        return e8m0_decode(self.scales)
+        return _SCALE_DECODE[f.scale_dtype](self.scales)
 
 
 # ---- input checks --------------------------------------------------------------------
@@ -257,14 +256,20 @@ def side_scale(x: torch.Tensor, fmt: str | KVFormat) -> torch.Tensor | None:
     else:
         amax = x.abs().amax().reshape(1)
     amax = amax.clamp_min(AMAX_FLOOR)
-    if f.family == "nvfp4":
+    if f.family == "fp4_block":  # NVFP4's second level: the largest block scale fits e4m3
         return _truncate_bits(_div(amax, NVFP4_TENSOR_DIV), NVFP4_SCALE_BITS)
     return _truncate_bits(_div(amax, FP8_MAX), FP8_SCALE_BITS)
 
 
-# ---- per-format quantize / dequantize ------------------------------------------------
+# ---- per-family quantize / dequantize ------------------------------------------------
+#: the torch dtype of each element of the "float" family
+_FLOAT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: in-page block scale decoders by scale_dtype
+_SCALE_DECODE = {"e4m3": e4m3_decode, "e8m0": e8m0_decode}
+
+
 def _q16(x: torch.Tensor, f: KVFormat, side) -> Quantized:
-    dt = torch.float16 if f.name == "fp16" else torch.bfloat16
+    dt = _FLOAT_DTYPES[f.element]
     y = _check_input(x, f).to(dt)
     if not bool(torch.isfinite(y).all()):
         raise KvbenchError(f"{f.name}: input exceeds the format's range (would store Inf)")
@@ -273,7 +278,7 @@ def _q16(x: torch.Tensor, f: KVFormat, side) -> Quantized:
 
 
 def _dq16(q: Quantized) -> torch.Tensor:
-    dt = torch.float16 if q.fmt == "fp16" else torch.bfloat16
+    dt = _FLOAT_DTYPES[get_format(q.fmt).element]
     return _aligned(q.values, 2).view(dt).to(torch.float32)
 
 
@@ -306,7 +311,7 @@ def _qnvfp4(x: torch.Tensor, f: KVFormat, side) -> Quantized:
     *lead, h, d = x.shape
     side = side_scale(xf, f) if side is None else _check_side(side, f, h, xf.device)
     t = side  # [1]
-    xb = xf.reshape(*lead, h, d // NVFP4_BLOCK, NVFP4_BLOCK)
+    xb = xf.reshape(*lead, h, d // f.block, f.block)
     bamax = xb.abs().amax(-1)  # [..., H, NB]
     bs = _div(bamax, t * E2M1_MAX).clamp_max(FP8_MAX)
     bcode = e4m3_encode(bs)
@@ -320,7 +325,7 @@ def _dqnvfp4(q: Quantized) -> torch.Tensor:
     f = get_format(q.fmt)
     *lead, h, d = q.shape
     t = _check_side(q.side, f, h, q.values.device)
-    vals = e2m1_decode(unpack_nibbles(q.values)).reshape(*lead, h, d // NVFP4_BLOCK, NVFP4_BLOCK)
+    vals = e2m1_decode(unpack_nibbles(q.values)).reshape(*lead, h, d // f.block, f.block)
     eff = e4m3_decode(q.scales) * t
     return (vals * eff.unsqueeze(-1)).reshape(q.shape)
 
@@ -328,7 +333,7 @@ def _dqnvfp4(q: Quantized) -> torch.Tensor:
 def _qmxfp4(x: torch.Tensor, f: KVFormat, side) -> Quantized:
     xf = _flush(_check_input(x, f))
     *lead, h, d = x.shape
-    xb = xf.reshape(*lead, h, d // MXFP4_BLOCK, MXFP4_BLOCK)
+    xb = xf.reshape(*lead, h, d // f.block, f.block)
     bamax = xb.abs().amax(-1)  # 0 or an fp32 normal (inputs are flushed)
     e = (bamax.view(torch.int32) >> 23) - 127  # floor(log2(bamax)); -127 for 0
     shared = (e - E2M1_EMAX).clamp(MX_MIN_EXP, 127)
@@ -339,9 +344,20 @@ def _qmxfp4(x: torch.Tensor, f: KVFormat, side) -> Quantized:
 
 
 def _dqmxfp4(q: Quantized) -> torch.Tensor:
+    blk = get_format(q.fmt).block
     *lead, h, d = q.shape
-    vals = e2m1_decode(unpack_nibbles(q.values)).reshape(*lead, h, d // MXFP4_BLOCK, MXFP4_BLOCK)
+    vals = e2m1_decode(unpack_nibbles(q.values)).reshape(*lead, h, d // blk, blk)
     return (vals * e8m0_decode(q.scales).unsqueeze(-1)).reshape(q.shape)
+
+
+def _qfp4(x: torch.Tensor, f: KVFormat, side) -> Quantized:
+    """fp4_block: e4m3 block scales follow NVFP4's recipe (with the fp32 per-tensor
+    scale), e8m0 ones OCP MX's."""
+    return (_qnvfp4 if f.scale_dtype == "e4m3" else _qmxfp4)(x, f, side)
+
+
+def _dqfp4(q: Quantized) -> torch.Tensor:
+    return (_dqnvfp4 if get_format(q.fmt).scale_dtype == "e4m3" else _dqmxfp4)(q)
 
 
 # ---- registry ------------------------------------------------------------------------
@@ -363,24 +379,45 @@ class Codec:
         return self.fmt.name
 
 
+#: the reference quantize / dequantize of each family (kvbench.spec.FORMAT_FAMILIES)
 _IMPL = {
-    "fp16": (_q16, _dq16),
-    "bf16": (_q16, _dq16),
-    "fp8_e4m3": (_qfp8, _dqfp8),
-    "nvfp4": (_qnvfp4, _dqnvfp4),
-    "mxfp4": (_qmxfp4, _dqmxfp4),
+    "float": (_q16, _dq16),
+    "fp8": (_qfp8, _dqfp8),
+    "fp4_block": (_qfp4, _dqfp4),
+}
+#: the element and scale layouts each family's codec implements
+_SUPPORTS = {
+    "float": lambda f: f.element in _FLOAT_DTYPES and f.scale == "none",
+    "fp8": lambda f: f.element == "e4m3" and (
+        (f.scale in ("tensor", "head") and f.tensor_scale_bytes == 4)
+        or (f.scale == "token_head" and f.scale_dtype == "fp32")),
+    "fp4_block": lambda f: f.element == "e2m1" and f.scale == "block" and (
+        (f.scale_dtype == "e4m3" and f.tensor_scale_bytes == 4)
+        or (f.scale_dtype == "e8m0" and f.tensor_scale_bytes == 0)),
 }
 
-#: One codec per KV format name in kvbench.spec.FORMATS.
-CODECS: dict[str, Codec] = {
-    name: Codec(f, *_IMPL[f.family]) for name, f in FORMATS.items()
-}
+
+def codec_for(f: KVFormat) -> Codec:
+    """The reference codec of format ``f``, chosen by its family; KvbenchError when the
+    family's codec does not implement the element or scale layout ``f`` declares."""
+    if f.family not in _IMPL or not _SUPPORTS[f.family](f):
+        raise KvbenchError(
+            f"{f.name}: no reference codec for family {f.family!r} with element {f.element}, "
+            f"scale {f.scale} ({f.scale_dtype}, block {f.block}, "
+            f"{f.tensor_scale_bytes} B per tensor)"
+        )
+    return Codec(f, *_IMPL[f.family])
+
+
+#: One codec per KV format name in kvbench.spec.FORMATS (as imported; ``get_codec``
+#: also serves formats registered later).
+CODECS: dict[str, Codec] = {name: codec_for(f) for name, f in FORMATS.items()}
 
 
 def get_codec(name: str) -> Codec:
-    if name not in CODECS:
-        raise KvbenchError(f"unknown KV format {name!r}; known: {', '.join(CODECS)}")
-    return CODECS[name]
+    f = get_format(name)  # KvbenchError for unknown names
+    c = CODECS.get(name)
+    return c if c is not None and c.fmt is f else codec_for(f)
 
 
 def quantize(x: torch.Tensor, fmt: str, side: torch.Tensor | None = None) -> Quantized:

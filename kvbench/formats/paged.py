@@ -1,5 +1,7 @@
 """Quantized KV in pages: pack / unpack one page, and write / read tokens of a page pool,
 in plain torch (the reference the Triton kernels are checked against; also the CPU path).
+The Triton kernels sit a layer above (``kernels/quant.py``); ``kvbench.quantized_pages``
+chooses between the two (``backend="auto"`` uses the kernels for CUDA pools).
 
 Byte map: ``kvbench.formats.layout``. Side (out-of-page) scales of a whole model are an
 fp32 tensor ``[num_layers, kv_factor, S]`` (S = H per head, 1 per tensor), or None for
@@ -15,7 +17,8 @@ from kvbench.formats.codecs import Quantized, dequantize, quantize, side_scale
 from kvbench.formats.layout import PageMap, page_map, region_for_layer, side_count, side_shape
 from kvbench.spec import KVFormat, ModelSpec, PageSpec, get_format
 
-BACKENDS = ("auto", "torch", "triton")
+#: the backend this module is: the torch reference (the others: kvbench.quantized_pages)
+BACKEND = "torch"
 
 
 # ---- side scales -----------------------------------------------------------------------
@@ -142,32 +145,29 @@ def _check_pool(pool: torch.Tensor, spec: PageSpec) -> None:
         raise KvbenchError(f"pool stride {pool.shape[1]} is below the page size {spec.page_bytes}")
 
 
-def _pick(backend: str, pool: torch.Tensor) -> str:
-    if backend not in BACKENDS:
-        raise KvbenchError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "triton" if pool.is_cuda else "torch"
-    return backend
+def _check_backend(backend: str) -> None:
+    """Callers may name the backend; this module is only the torch reference."""
+    if backend != BACKEND:
+        raise KvbenchError(
+            f"backend {backend!r}: kvbench.formats.paged is the torch reference only; "
+            "kvbench.quantized_pages dispatches to the Triton kernels"
+        )
 
 
 def quantize_to_pages(k: torch.Tensor, v: torch.Tensor | None, pool: torch.Tensor,
                       page_ids: torch.Tensor, slots: torch.Tensor, spec: PageSpec,
                       side: torch.Tensor | None = None, *, layer: int = 0,
-                      backend: str = "auto") -> None:
+                      backend: str = BACKEND) -> None:
     """Quantize N tokens of one layer into their (page, slot) positions of a pool.
 
     k, v: ``[N, H, D]`` fp16/bf16/fp32 (v None for MLA). pool: uint8 ``[num_pages, stride]``.
     page_ids, slots: int ``[N]`` (distinct positions; slot < spec.tokens). side: the whole
     model's side scales fp32 ``[num_layers, kv_factor, S]`` (or None). layer: which layer
     these tokens belong to (its region in a "block" page, its row of ``side``).
-    backend: "torch" (this reference), "triton" (kvbench_kernels.quant), "auto" (Triton
-    for CUDA pools). NaN/Inf inputs raise KvbenchError.
+    backend: "torch" only (see ``kvbench.quantized_pages`` for the Triton kernels).
+    NaN/Inf inputs raise KvbenchError.
     """
-    if _pick(backend, pool) == "triton":
-        from kvbench.kernels_loader import load_kernels
-
-        load_kernels("quant").quantize_to_pages(k, v, pool, page_ids, slots, spec, side, layer=layer)
-        return
+    _check_backend(backend)
     _check_pool(pool, spec)
     pm = page_map(spec)
     reg = region_for_layer(spec, layer)
@@ -193,20 +193,16 @@ def quantize_to_pages(k: torch.Tensor, v: torch.Tensor | None, pool: torch.Tenso
 
 def dequantize_pages(pool: torch.Tensor, block_table: torch.Tensor, spec: PageSpec,
                      side: torch.Tensor | None = None, *, layer: int = 0,
-                     dtype: torch.dtype = torch.float16, backend: str = "auto",
+                     dtype: torch.dtype = torch.float16, backend: str = BACKEND,
                      check: bool = True):
     """Read and dequantize pages of one layer into contiguous tensors.
 
     block_table: int ``[..., P]`` page ids. Returns ``(k, v)``, each ``[..., P*T, H, D]``
     in ``dtype`` (v None for MLA): token j of page i of the table is row i*T + j.
-    check=False skips the Triton path's page-id range check (a device-to-host sync):
-    timed loops pass it once the table is known good.
+    backend: "torch" only. check: accepted for the same call as the Triton path's (whose
+    page-id range check is a device-to-host sync); indexing checks the ids here.
     """
-    if _pick(backend, pool) == "triton":
-        from kvbench.kernels_loader import load_kernels
-
-        return load_kernels("quant").dequantize_pages(pool, block_table, spec, side,
-                                                      layer=layer, dtype=dtype, check=check)
+    _check_backend(backend)
     _check_pool(pool, spec)
     pm = page_map(spec)
     reg = region_for_layer(spec, layer)

@@ -1,5 +1,5 @@
 """Bandwidth of the Triton quantize / dequantize kernels on a GPU, next to a same-run
-device-to-device copy (``dst.copy_(src)``).
+device-to-device copy (``dst.copy_(src)``): the accuracy benchmark's speed cases.
 
 Bytes counted (GB = 1e9), each once: quantize reads the fp16 K and V and writes the
 page bytes (values and in-page scales); dequantize reads those page bytes and writes
@@ -17,7 +17,8 @@ from kvbench.formats.layout import page_map
 from kvbench.formats.paged import dequantize_pages as ref_dequantize_pages
 from kvbench.formats.paged import quantize_to_pages as ref_quantize_to_pages
 from kvbench.formats.paged import side_scales
-from kvbench.results import make_case, skipped_case, summarize
+from kvbench.stats import summarize
+from kvbench.results import make_case, skipped_case
 from kvbench.spec import PageSpec, get_format
 from kvbench.units import GB, align_up
 

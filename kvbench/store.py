@@ -1,9 +1,10 @@
 """The paged KV store: a page pool on a tier, a free-list allocator, block tables.
 
 A pool is ``num_pages`` pages of ``PageSpec.page_bytes`` payload each, at a fixed
-``stride`` (payload rounded up to 4 KiB on the file tier, so every page can be read
-with O_DIRECT). On ``hbm`` and ``dram`` the pool is one uint8 tensor
-``[num_pages, stride]``; on ``nvme`` it is one file of ``num_pages * stride`` bytes.
+``stride`` (payload rounded up to 4 KiB on a file-backed tier, so every page can be read
+with O_DIRECT). On a memory tier (``hbm``, ``dram``) the pool is one uint8 tensor
+``[num_pages, stride]``; on a file-backed tier (``nvme``) it is one file of
+``num_pages * stride`` bytes.
 
 A ``PagedKVStore`` keeps one block table per sequence: for layout ``layer`` a list
 of page ids per layer (``[num_layers][blocks]``), for layout ``block`` one list
@@ -24,17 +25,26 @@ from kvbench.units import align_up, fmt_bytes
 
 class PagePool:
     """Fixed-size pages on one tier with a LIFO free list (recently freed pages are
-    reused first, as serving engines' block managers do)."""
+    reused first, as serving engines' block managers do).
 
-    def __init__(self, tier: Tier, spec: PageSpec, num_pages: int) -> None:
+    ``stride``: bytes per page row, when not the default (at least ``page_bytes``, a
+    multiple of 4 KiB on a file-backed tier): a memory pool whose rows match a file
+    pool's can take a run of pages read from the file in one copy."""
+
+    def __init__(self, tier: Tier, spec: PageSpec, num_pages: int, stride: int | None = None) -> None:
         if num_pages <= 0:
             raise KvbenchError(f"a page pool needs at least one page, got {num_pages}")
         self.tier = tier
         self.spec = spec
         self.num_pages = num_pages
         self.page_bytes = spec.page_bytes
-        self.is_file = tier.name == "nvme"
+        self.is_file = tier.file_backed
         self.stride = align_up(self.page_bytes, DIRECT_ALIGN) if self.is_file else self.page_bytes
+        if stride is not None:
+            if stride < self.page_bytes or (self.is_file and stride % DIRECT_ALIGN):
+                raise KvbenchError(f"a page row of {stride} B cannot hold a {self.page_bytes} B page"
+                                   + (f" at {DIRECT_ALIGN} B alignment" if self.is_file else ""))
+            self.stride = stride
         total = self.stride * num_pages
         free = tier.free_bytes() if tier.available()[0] else 0
         if self.stride > free:
@@ -165,12 +175,21 @@ class SequenceState:
 
 class PagedKVStore:
     """Block tables over one pool. Tokens are appended per sequence; pages are taken
-    from the pool as spans fill, and returned when a sequence is freed."""
+    from the pool as spans fill, and returned when a sequence is freed.
 
-    def __init__(self, pool: PagePool) -> None:
+    ``layers`` (layer layout only): keep tables for the first ``layers`` layers instead of
+    every layer of the model, for a benchmark that keeps only some layers resident (or
+    one layer at a time in a staging buffer). Several stores may share one pool."""
+
+    def __init__(self, pool: PagePool, layers: int | None = None) -> None:
         self.pool = pool
         self.spec = pool.spec
         self.groups = self.spec.model.num_layers // self.spec.layers_per_page
+        if layers is not None:
+            if self.spec.layout != "layer" or not 0 < layers <= self.groups:
+                raise KvbenchError(f"a {self.spec.layout}-layout store of {self.groups} groups cannot "
+                                   f"hold {layers} layers")
+            self.groups = layers
         self.seqs: dict[int, SequenceState] = {}
 
     def add_sequence(self, seq_id: int) -> None:
@@ -193,6 +212,41 @@ class PagedKVStore:
                 st.table[g].extend(new[g * new_blocks: (g + 1) * new_blocks])
         st.tokens += n
         return new
+
+    def append_tokens_layer_major(self, seq_ids: Sequence[int], n: int) -> list[int]:
+        """Grow every sequence of ``seq_ids`` by n tokens with one allocation, handed out
+        layer-major: the new pages of group 0 for every sequence (in ``seq_ids`` order,
+        block by block), then group 1, and so on. From a pool whose free pages are
+        consecutive (a fresh one) each group's new pages of the batch are then one run of
+        consecutive ids (``group_pages``), so one layer of the batch moves in one copy.
+        Returns the page ids newly allocated, in that order."""
+        if n < 0:
+            raise KvbenchError("cannot append a negative number of tokens")
+        if len(set(seq_ids)) != len(seq_ids):
+            raise KvbenchError("a sequence appears twice in one layer-major append")
+        states = [self.seqs[s] for s in seq_ids]
+        grow = [max(0, -(-(st.tokens + n) // self.spec.tokens) - len(st.table[0])) for st in states]
+        new = self.pool.alloc(sum(grow) * self.groups)
+        at = 0
+        for g in range(self.groups):
+            for st, k in zip(states, grow):
+                st.table[g].extend(new[at: at + k])
+                at += k
+        for st in states:
+            st.tokens += n
+        return new
+
+    def group_pages(self, seq_ids: Sequence[int], group: int) -> range:
+        """The page ids of one group (a layer, for layout ``layer``) of ``seq_ids``, in
+        order (sequence by sequence, block by block), when they are one run of
+        consecutive ids; KvbenchError when they are not."""
+        ids = [p for s in seq_ids for p in self.seqs[s].table[group]]
+        run = range(ids[0], ids[0] + len(ids)) if ids else range(0)
+        if ids != list(run):
+            raise KvbenchError(f"the pages of group {group} of {len(seq_ids)} sequences are not "
+                               "consecutive ids (allocate them with append_tokens_layer_major "
+                               "from free pages that are)")
+        return run
 
     def free_sequence(self, seq_id: int) -> None:
         st = self.seqs.pop(seq_id)

@@ -28,14 +28,15 @@ PUBLISHED_TIB = {
     "live_kv_hot": 330,
     "live_kv_warm": 330,
     "reuse_dram": 4_169_941,
-    "reuse_ssd": 6_254_911,
+    "reuse_nvme": 6_254_911,
     "gpu_overheads": 18_750,
     "weights": 186_731,
     "rack_ssd_caches": 36_379_788,
     "host_state": 0,
     "live_kv_offload": 0,
 }
-PUBLISHED_TOTALS_TIB = {"hbm": 226_291, "dram": 4_585_261, "ssd": 46_877_348, "datalake": 293_556_000}
+#: tiers by kvbench's names: the source's "rack SSD" is nvme, its "datalake" remote
+PUBLISHED_TOTALS_TIB = {"hbm": 226_291, "dram": 4_585_261, "nvme": 46_877_348, "remote": 293_556_000}
 
 
 def close(ours: float, published: float) -> bool:
@@ -97,7 +98,7 @@ def test_reference_lint_findings(ref):
     assert "58,300,000,000,000" in found["peak_day_tokens"].message
     assert "hot_window_hbm" in found  # weights/GPU (956 GiB) exceed HBM/GPU
     assert "956.1 GiB" in found["hot_window_hbm"].arithmetic
-    for tier in ("hbm", "dram", "ssd"):  # totals = listed rows x 2^40/10^12
+    for tier in ("hbm", "dram", "nvme"):  # totals = listed rows x 2^40/10^12
         assert "2^40/10^12" in found[f"unattributed_{tier}"].message
     assert "gpus_per_node" in found and "live_kv_context" in found
     assert "prefill_sequences" not in found  # 300,000 = QPS x TTFT: consistent
@@ -119,8 +120,8 @@ def test_input_token_sweep_monotonic(scenario):
     sw = run_sweep(scn, key, values)
     t = [s.totals_bytes for s in sw.sizings]
     for v, a, b in zip(values, t, t[1:]):
-        assert b["datalake"] == a["datalake"]
-        assert b["dram"] >= a["dram"] and b["ssd"] >= a["ssd"]
+        assert b["remote"] == a["remote"]
+        assert b["dram"] >= a["dram"] and b["nvme"] >= a["nvme"]
         if scn.placement.hot_window_tokens <= v:
             # live KV holds a fixed window once requests are longer than it: HBM is flat
             assert b["hbm"] == pytest.approx(a["hbm"])
@@ -210,6 +211,42 @@ def test_bad_scenario_one_line(tmp_path, path, value, delete, msg):
     assert msg in text and "\n" not in text and text.startswith(f"scenario {REF}:")
 
 
+@pytest.mark.parametrize("path,old,new", [
+    (["placement", "live_kv_split"], "ssd", "nvme"),
+    (["placement", "reuse_split"], "ssd", "nvme"),
+    (["unattributed"], "ssd_tib", "nvme_tib"),
+    (["prices"], "ssd_usd_per_gb", "nvme_usd_per_gb"),
+    (["prices"], "datalake_usd_per_gb", "remote_usd_per_gb"),
+    (["published"], "reuse_ssd_tib", "reuse_nvme_tib"),
+    (["published"], "unattributed_ssd_tib", "unattributed_nvme_tib"),
+    (["published"], "total_ssd_tib", "total_nvme_tib"),
+    (["published"], "total_datalake_tib", "total_remote_tib"),
+])
+def test_old_tier_keys_refused_naming_the_new_key(tmp_path, capsys, path, old, new):
+    """Sizing's tiers were 'ssd' and 'datalake'; a scenario still using them gets one line
+    naming the key's new name (kvbench's tier names), exit 2, no traceback."""
+    d = ref_dict()
+    node = d
+    for k in path:
+        node = node[k]
+    node[old] = node.pop(new, 1)
+    p = tmp_path / "old.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert main(["size", "--scenario", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    where = ".".join(path)
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert f"field {where}.{old} uses the old tier name: it is now {where}.{new}" in err, err
+
+
+def test_sizing_tiers_are_kvbench_tiers():
+    from kvbench.sizing.scenario import TIER_LABELS, TIERS
+    from kvbench.tiers import TIER_NAMES
+
+    assert set(TIER_NAMES) <= set(TIERS) == set(TIER_LABELS)
+    assert ref_dict()["placement"]["live_kv_split"].keys() <= set(TIERS)
+
+
 def test_bad_input_exits_2(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(_mutate(["demand", "output_tokens_per_request"], 0)))
@@ -244,7 +281,8 @@ def test_cli_json_sweep_plot(tmp_path, capsys):
     assert run(_args("--scenario", REF, "--sweep", "input_tokens=2000,20000",
                      "--json", str(j), "--plot", str(png))) == 0
     doc = json.loads(j.read_text())
-    assert doc["schema"] == "kvbench.sizing/1"
+    assert doc["schema"] == "kvbench.sizing/2"
+    assert set(doc["sizing"]["totals"]) == {"hbm", "dram", "nvme", "remote"}
     assert doc["sizing"]["totals"]["hbm"]["matches_published"] is True
     assert [r["value"] for r in doc["sweep"]["rows"]] == [2000, 20000]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

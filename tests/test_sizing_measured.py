@@ -102,25 +102,25 @@ def test_measured_replacements(gpu_result):
     # reuse: a 6,000-token prefix; times scale by bytes from the 4,096-token cases
     t = {r.path: r for r in m.reuse}
     assert t["dram"].seconds == pytest.approx(0.04 * 6000 / 4096)
-    assert t["ssd"].seconds == pytest.approx(0.3 * 6000 / 4096)
+    assert t["nvme"].seconds == pytest.approx(0.3 * 6000 / 4096)
     assert t["recompute"].seconds == pytest.approx(6000 / 20480)
     assert all(r.within_ttft for r in m.reuse)
-    # both tiers meet TTFT 1 s; no SSD price -> SSD assumed cheaper: all reuse on SSD
-    assert reps["reuse split DRAM / SSD"].measured == "0 / 1"
+    # both tiers meet TTFT 1 s; no NVMe price -> NVMe assumed cheaper: all reuse on NVMe
+    assert reps["reuse split DRAM / NVMe"].measured == "0 / 1"
     assert m.sizing.item("reuse_dram").bytes == 0
-    assert m.sizing.item("reuse_ssd").bytes == pytest.approx(m.assumed.q("reuse_kv_bytes"))
+    assert m.sizing.item("reuse_nvme").bytes == pytest.approx(m.assumed.q("reuse_kv_bytes"))
     assert reps["cost, DRAM"].assumption != reps["cost, DRAM"].measured
     assert m.missing == []
 
 
-def test_slow_ssd_keeps_reuse_in_dram(tmp_path):
+def test_slow_nvme_keeps_reuse_in_dram(tmp_path):
     cases = [transfer("dram->hbm", 50.0), prefix("dram", load_s=0.04), prefix("nvme", load_s=2.0)]
     path = tmp_path / "slow.json"
     write_atomic(path, result_doc(cases, []))
     m = measure(load_scenario(REF), [str(path)])
-    assert {r.path: r.within_ttft for r in m.reuse} == {"dram": True, "ssd": False}
-    assert by_quantity(m)["reuse split DRAM / SSD"].measured == "1 / 0"
-    assert "SSD too slow" in m.reuse_verdict
+    assert {r.path: r.within_ttft for r in m.reuse} == {"dram": True, "nvme": False}
+    assert by_quantity(m)["reuse split DRAM / NVMe"].measured == "1 / 0"
+    assert "NVMe too slow" in m.reuse_verdict
     assert any("--bench prefix" in x.how for x in m.missing)  # recompute not measured
 
 
@@ -149,8 +149,8 @@ def test_cpu_only_result_says_what_to_run(tmp_path):
     assert "kvbench run --bench transfer" in how["KV bytes/token (fp8_e4m3)"]  # no fp8 page
     assert "GPU" in how["HBM per GPU"]
     assert "kvbench run --bench decode" in how["decode capacity (KV-read GB/s per placement)"]
-    ssd = next(r for r in m.reuse if r.path == "ssd")
-    assert ssd.lower_bound and ssd.seconds == pytest.approx(1500 * 163_840 / 6e9)
+    nvme = next(r for r in m.reuse if r.path == "nvme")
+    assert nvme.lower_bound and nvme.seconds == pytest.approx(1500 * 163_840 / 6e9)
     assert m.sizing.totals_bytes["hbm"] == m.assumed.totals_bytes["hbm"]
 
 

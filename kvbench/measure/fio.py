@@ -15,8 +15,6 @@ from typing import Any
 
 from kvbench.errors import KvbenchError
 
-#: engines per kvbench method: fio's closest equivalent of how kvbench moves the bytes
-ENGINES = {"odirect": "libaio", "odirect_merged": "libaio", "buffered": "psync", "mmap": "mmap"}
 
 
 def fio_path() -> str | None:

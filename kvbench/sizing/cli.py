@@ -1,4 +1,4 @@
-"""``kvbench size``: size HBM / DRAM / SSD / datalake for a scenario, lint it, replace its
+"""``kvbench size``: size hbm / dram / nvme / remote for a scenario, lint it, replace its
 assumptions with measurements, sweep one input. Pure Python (no torch).
 
 The lead's kvbench/cli.py calls ``add_parser(subparsers)`` and dispatches to ``run(args)``;
@@ -14,12 +14,13 @@ import sys
 from kvbench.errors import KvbenchError
 
 DESCRIPTION = """\
-Size the memory tiers (HBM, DRAM, rack SSD, central datalake) that a KV-cache serving
-scenario needs, from a scenario file in configs/scenarios/ (or a YAML path). Prints every
-line item and tier total in TiB (2^40 B) and in plain PB/EB (10^15 / 10^18 B), next to the
-published figures when the scenario lists them, then lints the scenario for assumptions
-that contradict each other. With --results, assumptions are replaced by measurements from
-kvbench result files, each shown beside the assumption it replaces.
+Size the memory tiers (hbm, dram, nvme: rack SSD, remote: central datalake) that a
+KV-cache serving scenario needs, from a scenario file in configs/scenarios/ (or a YAML
+path). Prints every line item and tier total in TiB (2^40 B) and in plain PB/EB (10^15 /
+10^18 B), next to the published figures when the scenario lists them, then lints the
+scenario for assumptions that contradict each other. With --results, assumptions are
+replaced by measurements from kvbench result files, each shown beside the assumption it
+replaces.
 """
 
 EPILOG = """\
@@ -34,7 +35,7 @@ see docs/sizing.md for every scenario field and formula.
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``size`` subcommand to an argparse subparsers object."""
     p = subparsers.add_parser(
-        "size", help="size HBM/DRAM/SSD for a scenario; lint it; use measured results",
+        "size", help="size HBM/DRAM/NVMe/remote for a scenario; lint it; use measured results",
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(p)

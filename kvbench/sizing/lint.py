@@ -153,7 +153,7 @@ def _source(sz: Sizing) -> list[Finding]:
         ))
 
     # ---- totals that hold more than their rows
-    for tier in ("hbm", "dram", "ssd"):
+    for tier in scn.unattributed_bytes:
         extra = scn.unattributed_bytes[tier]
         if extra <= 0:
             continue

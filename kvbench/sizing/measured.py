@@ -11,7 +11,7 @@ Replaced (docs/sizing.md, "Measured mode"):
   * Decode capacity: ``decode`` cases' ``kv_read_gbps`` per placement ->
     sequences per GPU = KV-read bytes/s / (decode tok/s x KV bytes of the mean decode
     context) -> GPUs needed for the active decode sequences vs the fleet.
-  * Reuse cache: time to load a reused prefix from DRAM and from SSD (``prefix`` cases'
+  * Reuse cache: time to load a reused prefix from DRAM and from NVMe (``prefix`` cases'
     ``load_s``, else ``transfer`` tier bandwidths) vs recompute at the measured prefill
     rate -> which tier serves a hit within the TTFT target -> the cheapest such split.
   * Cost per tier where prices are given.
@@ -28,7 +28,7 @@ from typing import Any
 from kvbench.errors import KvbenchError
 from kvbench.sizing.model import Sizing, compute, hot_window_fit_tokens
 from kvbench.sizing.numbers import GB, gib, num, seconds, sig3, tib
-from kvbench.sizing.scenario import Scenario
+from kvbench.sizing.scenario import TIER_SHORT, Scenario
 from kvbench.spec import ModelSpec, get_format, load_model
 
 Doc = tuple[str, dict[str, Any]]  # (path, loaded result document)
@@ -63,7 +63,7 @@ class CapacityRow:
 
 @dataclass(frozen=True)
 class ReuseRow:
-    path: str  # "dram", "ssd", "recompute"
+    path: str  # "dram", "nvme", "recompute"
     seconds: float
     within_ttft: bool
     source: str
@@ -132,8 +132,9 @@ def _params_active(m: ModelSpec | None) -> float | None:
 
 
 def tier_bandwidths(docs: list[Doc]) -> dict[str, tuple[float, str]]:
-    """Best paged ``transfer`` GB/s per direction ("dram->hbm": (gbps, source)); for reads
-    from nvme, cold-cache cases are preferred when any exist."""
+    """Best paged ``transfer`` GB/s per direction ("dram->hbm": (gbps, source)); where a
+    direction's cases record a page-cache state (file reads), cold ones are preferred
+    when any exist."""
     by_dir: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
     for path, c in _ok_cases(docs, "transfer"):
         cfg = c.get("config", {})
@@ -146,7 +147,7 @@ def tier_bandwidths(docs: list[Doc]) -> dict[str, tuple[float, str]]:
         by_dir.setdefault(direction, []).append((gbps, _ref(path, c), cfg))
     out = {}
     for direction, rows in by_dir.items():
-        if direction.startswith("nvme->") and any(r[2].get("cache_state") == "cold" for r in rows):
+        if any(r[2].get("cache_state") == "cold" for r in rows):
             rows = [r for r in rows if r[2].get("cache_state") == "cold"]
         gbps, ref, cfg = max(rows, key=lambda r: r[0])
         state = f", {cfg['cache_state']} cache" if cfg.get("cache_state") else ""
@@ -220,7 +221,7 @@ def _decode_placement(scn: Scenario) -> str:
     p = scn.placement
     if p.live_hbm_fraction >= 1:
         return "hbm"
-    if p.live_ssd_fraction > 0:
+    if p.live_nvme_fraction > 0:
         return "nvme"
     return "hot_window"
 
@@ -342,10 +343,10 @@ def _reuse(sz: Sizing, docs: list[Doc], bw: dict[str, tuple[float, str]], m: Mea
 
     plans = {
         "dram": [lambda: from_prefix("dram"), lambda: from_transfer("dram->hbm")],
-        "ssd": [lambda: from_prefix("nvme"), lambda: from_transfer("nvme->hbm"),
-                lambda: from_transfer("nvme->dram", "dram->hbm"),
-                lambda: from_transfer("nvme->dram", lower_bound="dram->hbm not measured: a lower "
-                                                                 "bound on the time")],
+        "nvme": [lambda: from_prefix("nvme"), lambda: from_transfer("nvme->hbm"),
+                 lambda: from_transfer("nvme->dram", "dram->hbm"),
+                 lambda: from_transfer("nvme->dram", lower_bound="dram->hbm not measured: a lower "
+                                                                  "bound on the time")],
     }
     times: dict[str, float] = {}
     for tier, tries in plans.items():
@@ -355,7 +356,7 @@ def _reuse(sz: Sizing, docs: list[Doc], bw: dict[str, tuple[float, str]], m: Mea
                    "machine for dram->hbm" if tier == "dram" else
                    "run `kvbench run --bench prefix` (source nvme), or `--bench transfer` for "
                    "nvme->dram and dram->hbm")
-            m.missing.append(Missing(f"reuse-hit load time from {tier.upper()}", how))
+            m.missing.append(Missing(f"reuse-hit load time from {TIER_SHORT[tier]}", how))
             continue
         t, ref, note, lower = got
         times[tier] = t
@@ -391,14 +392,14 @@ def _reuse(sz: Sizing, docs: list[Doc], bw: dict[str, tuple[float, str]], m: Mea
 
 def _recommend(scn: Scenario, times: dict[str, float], m: Measured) -> dict[str, float] | None:
     ttft = scn.demand.ttft_s
-    ok = [t for t in ("dram", "ssd") if t in times and times[t] <= ttft]
+    ok = [t for t in ("dram", "nvme") if t in times and times[t] <= ttft]
     prices = scn.prices_usd_per_gb
     also = ""
     if "recompute" in times:
         also = (f"; recompute takes {seconds(times['recompute'])}"
                 + (", also within TTFT: a hit saves prefill compute" if times["recompute"] <= ttft
                    else ", over TTFT: a hit is what meets it"))
-    if not ("dram" in times or "ssd" in times):
+    if not ("dram" in times or "nvme" in times):
         m.reuse_verdict = "no reuse-hit load time measured; split kept" + also
         return None
     if not ok:
@@ -409,25 +410,26 @@ def _recommend(scn: Scenario, times: dict[str, float], m: Measured) -> dict[str,
             m.reuse_verdict = f"no measured path serves a hit within TTFT {seconds(ttft)}; split kept"
         return None
     if len(ok) == 2:
-        if "dram" in prices and "ssd" in prices:
+        if "dram" in prices and "nvme" in prices:
             tier = min(ok, key=lambda t: prices[t])
             why = f"cheaper at ${prices[tier]:g}/GB"
         else:
-            tier = "ssd"
-            why = "no price for both tiers: SSD assumed cheaper per GB than DRAM"
+            tier = "nvme"
+            why = f"no price for both tiers: {TIER_SHORT['nvme']} assumed cheaper per GB than DRAM"
     else:
         tier = ok[0]
-        other = "ssd" if tier == "dram" else "dram"
-        why = (f"{other.upper()} too slow ({seconds(times[other])})" if other in times
-               else f"{other.upper()} not measured")
-    split = {"dram": 1.0 if tier == "dram" else 0.0, "ssd": 1.0 if tier == "ssd" else 0.0}
+        other = "nvme" if tier == "dram" else "dram"
+        why = (f"{TIER_SHORT[other]} too slow ({seconds(times[other])})" if other in times
+               else f"{TIER_SHORT[other]} not measured")
+    split = {"dram": 1.0 if tier == "dram" else 0.0, "nvme": 1.0 if tier == "nvme" else 0.0}
     bound = next((" at least" for r in m.reuse if r.path == tier and r.lower_bound), "")
-    m.reuse_verdict = (f"{tier.upper()} serves a reuse hit within TTFT {seconds(ttft)} "
+    m.reuse_verdict = (f"{TIER_SHORT[tier]} serves a reuse hit within TTFT {seconds(ttft)} "
                        f"({bound}{seconds(times[tier])}); {why}{also}")
     p = scn.placement
     m.replacements.append(Replacement(
-        "reuse split DRAM / SSD", f"{num(p.reuse_dram_fraction)} / {num(p.reuse_ssd_fraction)}",
-        f"{num(split['dram'])} / {num(split['ssd'])}", "reuse-hit load times (below)",
+        f"reuse split {TIER_SHORT['dram']} / {TIER_SHORT['nvme']}",
+        f"{num(p.reuse_dram_fraction)} / {num(p.reuse_nvme_fraction)}",
+        f"{num(split['dram'])} / {num(split['nvme'])}", "reuse-hit load times (below)",
         f"cheapest split meeting TTFT {seconds(ttft)}: {why}"))
     return split
 
@@ -464,11 +466,11 @@ def measure(scn: Scenario, paths: list[str]) -> Measured:
     split = _reuse(sz, docs, tier_bandwidths(docs), m)
     if split is not None:
         cur = dataclasses.replace(cur, placement=dataclasses.replace(
-            cur.placement, reuse_dram_fraction=split["dram"], reuse_ssd_fraction=split["ssd"]))
+            cur.placement, reuse_dram_fraction=split["dram"], reuse_nvme_fraction=split["nvme"]))
         sz = compute(cur, kv_bytes_per_token=bpt, kv_source=kv_src)
     m.sizing = sz
     for tier, cost in sz.costs_usd.items():
         m.replacements.append(Replacement(
-            f"cost, {tier.upper()} (${scn.prices_usd_per_gb[tier]:g}/GB)",
+            f"cost, {TIER_SHORT[tier]} (${scn.prices_usd_per_gb[tier]:g}/GB)",
             f"${assumed.costs_usd[tier]:,.0f}", f"${cost:,.0f}", "tier total x price (GB = 1e9 B)"))
     return m

@@ -8,10 +8,13 @@ The arithmetic is the published model's (docs/sizing.md, "How the model works"):
     decode sequences    = given, else QPS x output tokens / decode tok/s per request
     live KV             = (prefill + decode) x min(hot window, tokens/request) x KV B/token
     reuse KV            = peak-day tokens x retention hours / 24 h x retention fraction x KV B/token
-    HBM  = live x HBM share + GPUs x overhead/GPU + weights + unattributed HBM
-    DRAM = live x DRAM share + reuse x DRAM share + host state + unattributed DRAM
-    SSD  = live x SSD share + reuse x SSD share + nodes x rack SSD/node + unattributed SSD
-    datalake = given
+    hbm    = live x HBM share + GPUs x overhead/GPU + weights + unattributed HBM
+    dram   = live x DRAM share + reuse x DRAM share + host state + unattributed DRAM
+    nvme   = live x NVMe share + reuse x NVMe share + nodes x rack SSD/node + unattributed NVMe
+    remote = the central datalake, given
+
+(tiers by kvbench's names: ``nvme`` is the published model's rack SSD, ``remote`` its
+datalake)
 
 Every quantity and line item carries a formula string with the numbers substituted, so
 ``--explain`` shows where each figure comes from. Sizes are bytes; TiB = 2**40 bytes.
@@ -220,15 +223,15 @@ def compute(scn: Scenario, *, kv_bytes_per_token: float | None = None,
                  f"active sequences x host state/sequence = {num(act)} x "
                  f"{num(p.host_state_per_sequence_bytes)} B"),
         unattributed("dram"),
-        LineItem("live_kv_offload", "ssd", "live KV (offload)", live * p.live_ssd_fraction,
-                 share("live_kv", p.live_ssd_fraction, "SSD")),
-        LineItem("reuse_ssd", "ssd", "KV reuse cache", reuse * p.reuse_ssd_fraction,
-                 share("reuse_kv", p.reuse_ssd_fraction, "SSD")),
-        LineItem("rack_ssd_caches", "ssd", "local rack SSD caches/logs",
+        LineItem("live_kv_offload", "nvme", "live KV (offload)", live * p.live_nvme_fraction,
+                 share("live_kv", p.live_nvme_fraction, "NVMe")),
+        LineItem("reuse_nvme", "nvme", "KV reuse cache", reuse * p.reuse_nvme_fraction,
+                 share("reuse_kv", p.reuse_nvme_fraction, "NVMe")),
+        LineItem("rack_ssd_caches", "nvme", "local rack SSD caches/logs",
                  fl.nodes * fl.rack_ssd_per_node_bytes,
                  f"nodes x rack SSD/node = {num(fl.nodes)} x {num(fl.rack_ssd_per_node_bytes / 1e12)} TB"),
-        unattributed("ssd"),
-        LineItem("datalake", "datalake", "RAG + logs + caches (central)", scn.datalake_bytes,
+        unattributed("nvme"),
+        LineItem("datalake", "remote", "RAG + logs + caches (central)", scn.datalake_bytes,
                  f"given: {num(tib(scn.datalake_bytes))} TiB", scn.datalake_provenance),
     ]
     totals = {t: sum(it.bytes for it in items if it.tier == t) for t in TIERS}

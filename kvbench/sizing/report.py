@@ -20,7 +20,9 @@ from kvbench.sizing.numbers import num, plain, seconds, sig3, tib, tib_str, usd
 from kvbench.sizing.scenario import TIER_LABELS, TIERS
 from kvbench.sizing.sweep import SWEEP_KEYS, Sweep
 
-JSON_SCHEMA = "kvbench.sizing/1"
+#: /2: tiers by kvbench's names (nvme, remote; were ssd, datalake), line ids reuse_nvme and
+#: unattributed_nvme (were reuse_ssd, unattributed_ssd)
+JSON_SCHEMA = "kvbench.sizing/2"
 UNITS_NOTE = ("TiB = 2^40 B (the source's unit; its 'PiB' column is TiB / 1000); "
               "PB = 10^15 B, EB = 10^18 B; prices per GB, GB = 10^9 B")
 

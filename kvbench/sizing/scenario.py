@@ -7,6 +7,10 @@ plain numbers (``peak_qps``, ``*_tokens_per_request``, ``gpus``). Bad input rais
 ``KvbenchError`` line naming the field, e.g.
 ``scenario foo: field demand.peak_qps must be > 0 (got 0)``.
 
+Tier keys are kvbench's tier names (``hbm``, ``dram``, ``nvme``, ``remote``), the same as
+the rest of kvbench; a key under the old sizing names (``ssd``, ``datalake``) is refused
+with one line naming its new key.
+
 See docs/sizing.md for every field.
 """
 
@@ -27,13 +31,21 @@ SIZE_UNITS: dict[str, int] = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50,
 }
 
-TIERS = ("hbm", "dram", "ssd", "datalake")
-TIER_LABELS = {"hbm": "HBM", "dram": "DRAM", "ssd": "rack SSD", "datalake": "datalake"}
+#: Tiers, by kvbench's tier names (kvbench.tiers; ``remote``: another host's storage,
+#: here the central datalake), and how tables label them (the published model's words
+#: first: "rack SSD", "datalake").
+TIERS = ("hbm", "dram", "nvme", "remote")
+TIER_LABELS = {"hbm": "HBM", "dram": "DRAM", "nvme": "rack SSD (NVMe)", "remote": "central datalake (remote)"}
+#: the tiers' names in running text ("NVMe too slow")
+TIER_SHORT = {"hbm": "HBM", "dram": "DRAM", "nvme": "NVMe", "remote": "remote"}
+#: Old sizing tier names -> kvbench's: a scenario key under an old name is refused with
+#: the new one.
+RENAMED_TIERS = {"ssd": "nvme", "datalake": "remote"}
 #: Line items of a sizing, in print order (kvbench.sizing.model builds them).
 LINE_IDS = (
     "live_kv_hot", "gpu_overheads", "weights", "unattributed_hbm",
     "live_kv_warm", "reuse_dram", "host_state", "unattributed_dram",
-    "live_kv_offload", "reuse_ssd", "rack_ssd_caches", "unattributed_ssd",
+    "live_kv_offload", "reuse_nvme", "rack_ssd_caches", "unattributed_nvme",
     "datalake",
 )
 SCALING_RULES = {
@@ -107,11 +119,11 @@ class Placement:
     hot_window_tokens: float
     live_hbm_fraction: float
     live_dram_fraction: float
-    live_ssd_fraction: float
+    live_nvme_fraction: float
     reuse_retention_fraction: float
     reuse_retention_hours: float
     reuse_dram_fraction: float
-    reuse_ssd_fraction: float
+    reuse_nvme_fraction: float
     host_state_per_sequence_bytes: float = 0.0
     #: tokens of a reused prefix on a reuse hit (None: the whole prompt, input + RAG)
     reuse_prefix_tokens: float | None = None
@@ -267,8 +279,29 @@ class _Section:
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
+        for key in unknown:
+            self.refuse_renamed(key, self.used)
         if unknown:
             raise self.error(unknown[0], "is not a known field (see docs/sizing.md)")
+
+    def refuse_renamed(self, key: str, known: Any) -> None:
+        """A one-line error when ``key`` is a known key under an old tier name."""
+        new = renamed_key(key)
+        if new is not None and new in known:
+            raise self.error(key, f"uses the old tier name: it is now {self.where(new)} "
+                                  f"(sizing uses kvbench's tier names: {_renames_text()})")
+
+
+def renamed_key(key: str) -> str | None:
+    """``key`` with the old tier names among its ``_``-separated words replaced
+    ('total_ssd_tib' -> 'total_nvme_tib'), or None when it holds none."""
+    words = key.split("_")
+    new = [RENAMED_TIERS.get(w, w) for w in words]
+    return "_".join(new) if new != words else None
+
+
+def _renames_text() -> str:
+    return ", ".join(f"{old} -> {new}" for old, new in RENAMED_TIERS.items())
 
 
 def _to_number(value: Any) -> float | None:
@@ -352,15 +385,15 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
     k.done()
 
     p = top.sub("placement")
-    live = p.split("live_kv_split", ("hbm", "dram", "ssd"))
-    reuse = p.split("reuse_split", ("dram", "ssd"))
+    live = p.split("live_kv_split", ("hbm", "dram", "nvme"))
+    reuse = p.split("reuse_split", ("dram", "nvme"))
     placement = Placement(
         hot_window_tokens=p.number("hot_window_tokens", integer=True),
-        live_hbm_fraction=live["hbm"], live_dram_fraction=live["dram"], live_ssd_fraction=live["ssd"],
+        live_hbm_fraction=live["hbm"], live_dram_fraction=live["dram"], live_nvme_fraction=live["nvme"],
         reuse_retention_fraction=p.number("reuse_retention_fraction", minimum=0.0, strict=False,
                                           maximum=1.0),
         reuse_retention_hours=p.number("reuse_retention_hours"),
-        reuse_dram_fraction=reuse["dram"], reuse_ssd_fraction=reuse["ssd"],
+        reuse_dram_fraction=reuse["dram"], reuse_nvme_fraction=reuse["nvme"],
         host_state_per_sequence_bytes=p.size("host_state_per_sequence", required=False) or 0.0,
         reuse_prefix_tokens=p.number("reuse_prefix_tokens", required=False),
     )
@@ -393,16 +426,18 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
     pr.done()
 
     un = top.sub("unattributed", required=False)
-    unattributed = {t: un.size(t, required=False) or 0.0 for t in ("hbm", "dram", "ssd")}
+    unattributed = {t: un.size(t, required=False) or 0.0 for t in ("hbm", "dram", "nvme")}
     un_prov = un.text("provenance")
     un.done()
 
     pub = top.sub("published", required=False)
     published: dict[str, float] = {}
+    published_keys = {f"{k}_tib" for k in (*LINE_IDS, *(f"total_{t}" for t in TIERS))}
     for key in list(pub.data):
         if not key.endswith("_tib"):
             raise pub.error(key, "must end in _tib (published figures are TiB)")
-        if key[:-4] not in LINE_IDS and key[:-4] not in {f"total_{t}" for t in TIERS}:
+        if key not in published_keys:
+            pub.refuse_renamed(key, published_keys)
             raise pub.error(key, f"names no line item (known: {', '.join(LINE_IDS)}, total_<tier>)")
         published[key[:-4]] = pub.number(key, minimum=0.0, strict=False)
     pub.done()

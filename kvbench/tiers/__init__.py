@@ -1,4 +1,4 @@
-"""Tiers: where KV bytes live.
+"""Tiers: where KV bytes live, one module per tier and one registry of them.
 
 ``hbm``  CUDA device memory.
 ``dram`` host memory: pinned (page-locked: mmap + cudaHostRegister, reused through a
@@ -6,31 +6,61 @@
 ``nvme`` a file in a chosen directory, read through mmap, buffered reads or O_DIRECT.
 
 Every tier answers ``available() -> (ok, reason)`` before allocating anything, and
-``allocate(nbytes)`` refuses a size it cannot hold with a one-line KvbenchError.
+``allocate(nbytes)`` refuses a size it cannot hold with a one-line KvbenchError. Each
+tier class declares what it is (``device_memory``, ``host_memory``, ``file_backed``,
+``remote``: kvbench.tiers.base.Tier); code that treats tiers differently asks those.
+
+Adding a tier: a module here with its ``Tier`` subclass, and one ``register_tier`` line
+below.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kvbench.tiers.base import Tier, TierBuffer
+from kvbench.tiers.base import TIER_KINDS, Tier, TierBuffer
 from kvbench.tiers.dram import DramTier
 from kvbench.tiers.hbm import HbmTier
 from kvbench.tiers.nvme import NvmeTier
 
-TIER_NAMES = ("hbm", "dram", "nvme")
+#: name -> tier class, in the order tiers are listed (fastest first)
+TIERS: dict[str, type[Tier]] = {}
+#: the registered tier names, in order: a live view of TIERS (a tier registered later
+#: is in it too)
+TIER_NAMES = TIERS.keys()
 
-__all__ = ["Tier", "TierBuffer", "HbmTier", "DramTier", "NvmeTier", "TIER_NAMES", "make_tier"]
+__all__ = ["Tier", "TierBuffer", "HbmTier", "DramTier", "NvmeTier", "TIERS", "TIER_NAMES",
+           "TIER_KINDS", "make_tier", "register_tier", "tier_class"]
+
+
+def register_tier(cls: type[Tier]) -> type[Tier]:
+    """Add a tier class to TIERS under its ``name``, after checking its declarations."""
+    if not (isinstance(cls, type) and issubclass(cls, Tier)):
+        raise TypeError(f"register_tier needs a Tier subclass, got {cls!r}")
+    if not cls.name or cls.name in TIERS:
+        raise ValueError(f"tier class {cls.__name__}: name {cls.name!r} is empty or already registered")
+    cls.kind()  # exactly one of device_memory, host_memory, file_backed
+    TIERS[cls.name] = cls
+    return cls
+
+
+register_tier(HbmTier)
+register_tier(DramTier)
+register_tier(NvmeTier)
+
+
+def tier_class(name: str) -> type[Tier]:
+    """The registered class of tier ``name`` (its declarations, without building it), or a
+    one-line KvbenchError naming the known tiers."""
+    from kvbench.errors import KvbenchError
+
+    try:
+        return TIERS[name]
+    except KeyError:
+        raise KvbenchError(f"unknown tier {name!r}; known: {', '.join(TIER_NAMES)}") from None
 
 
 def make_tier(name: str, nvme_dir: str | Path | None = None) -> Tier:
-    """Build a tier by name (it may still be unavailable: ask ``available()``)."""
-    from kvbench.errors import KvbenchError
-
-    if name == "hbm":
-        return HbmTier()
-    if name == "dram":
-        return DramTier()
-    if name == "nvme":
-        return NvmeTier(nvme_dir)
-    raise KvbenchError(f"unknown tier {name!r}; known: {', '.join(TIER_NAMES)}")
+    """Build a tier by name (it may still be unavailable: ask ``available()``).
+    ``nvme_dir`` is the folder a file-backed tier keeps its files in."""
+    return tier_class(name).build(nvme_dir)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from kvbench.errors import TierUnavailable
 from kvbench.units import fmt_bytes
+
+#: What a tier's pages are, for code that must choose how to reach them (which copy
+#: methods apply: kvbench.movers.COPY_METHODS): a CUDA device's memory, this host's
+#: memory, or a file.
+TIER_KINDS = ("device", "host", "file")
 
 
 class TierBuffer(ABC):
@@ -27,7 +33,38 @@ class TierBuffer(ABC):
 
 
 class Tier(ABC):
-    name: str = ""
+    """Where pages live. A tier declares what it is in the class attributes below, and
+    code that must treat tiers differently asks those, never the tier's name. Exactly
+    one of ``device_memory``, ``host_memory`` and ``file_backed`` is true (checked by
+    ``kvbench.tiers.register_tier``)."""
+
+    #: the tier's key in kvbench.tiers.TIERS, in case names and in results
+    name: ClassVar[str] = ""
+    #: pages live in a CUDA device's memory (a cuda tensor; usable only with CUDA)
+    device_memory: ClassVar[bool] = False
+    #: pages live in this host's memory (a CPU tensor)
+    host_memory: ClassVar[bool] = False
+    #: pages live in files (positional reads and writes, no tensor view; rows padded to
+    #: the O_DIRECT alignment)
+    file_backed: ClassVar[bool] = False
+    #: pages live in another process or host, reached over a network (no tier yet)
+    remote: ClassVar[bool] = False
+
+    @classmethod
+    def kind(cls) -> str:
+        """'device', 'host' or 'file' (TIER_KINDS), from the declarations above."""
+        kinds = [k for k, declared in zip(TIER_KINDS, (cls.device_memory, cls.host_memory,
+                                                       cls.file_backed)) if declared]
+        if len(kinds) != 1:
+            raise TypeError(f"tier class {cls.__name__} must declare exactly one of device_memory, "
+                            f"host_memory, file_backed (declares {kinds or 'none'})")
+        return kinds[0]
+
+    @classmethod
+    def build(cls, nvme_dir: str | Path | None = None) -> "Tier":
+        """The tier as a run asks for it: ``nvme_dir`` (``--nvme-dir``) is the folder a
+        file-backed tier keeps its files in; other tiers ignore it."""
+        return cls()
 
     @abstractmethod
     def available(self) -> tuple[bool, str]:
@@ -49,6 +86,10 @@ class Tier(ABC):
     def device(self) -> str:
         """torch device of the buffers ('cuda', 'cpu'); 'cpu' for staged file reads."""
         return "cpu"
+
+    def close(self) -> None:
+        """Release what the tier holds beyond its buffers (a file tier's folder); a no-op
+        for tiers that hold nothing."""
 
     def check(self) -> None:
         ok, reason = self.available()

@@ -370,6 +370,7 @@ def aligned_host_empty(nbytes: int, *, pin: bool, align: int = HOST_ALIGN):
 
 class DramTier(Tier):
     name = "dram"
+    host_memory = True
 
     def __init__(self, pinned: bool | None = None) -> None:
         if pinned is None:

@@ -41,6 +41,7 @@ class TensorBuffer(TierBuffer):
 
 class HbmTier(Tier):
     name = "hbm"
+    device_memory = True
 
     def available(self) -> tuple[bool, str]:
         return cuda_status()

@@ -198,6 +198,11 @@ class NvmeTier(Tier):
     a disk-backed one where there is one)."""
 
     name = "nvme"
+    file_backed = True
+
+    @classmethod
+    def build(cls, nvme_dir: str | Path | None = None) -> "NvmeTier":
+        return cls(nvme_dir)
 
     def __init__(self, base_dir: str | Path | None = None) -> None:
         if base_dir is None:
@@ -285,6 +290,13 @@ class NvmeTier(Tier):
         finally:
             os.close(fd)
             path.unlink(missing_ok=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Tier.describe, plus whether O_DIRECT works here ((ok, why) as ``odirect``)."""
+        d = super().describe()
+        if d["available"]:
+            d["odirect"] = self.odirect_status()
+        return d
 
     def free_bytes(self) -> int:
         usage = shutil.disk_usage(self.base_dir)

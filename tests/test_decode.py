@@ -286,3 +286,58 @@ def test_tier_roofline_takes_the_slower_leg_per_pair():
     del arms["seq"]
     f = D._tier_roofline(FakeCache(), 5 * 10**8, arms)
     assert f({"step": 0.5, "h2d": 0.1, "hbm_copy": 0.1}) == pytest.approx(0.05 / 0.5)
+
+
+def _decode_ctx(tmp_path, **kw):
+    from kvbench.bench import RunContext
+
+    return RunContext(cuda=False, quick=True, model=TINY, formats=["fp16"], tokens_per_page=16,
+                      layouts=["layer"], nvme_dir=tmp_path, warmup=0, samples=1, **kw)
+
+
+def test_decode_pages_come_from_the_paged_store_layer_major(tmp_path):
+    """The decode batch's pages are a PagedKVStore's over a PagePool: page p of sequence
+    b in layer l at id l*B*P + b*P + p, so each layer is one run of rows (one copy)."""
+    from kvbench.bench.decode.cache import Cache, LayerStore
+    from kvbench.store import PagePool
+    from kvbench.tiers import DramTier
+
+    cache = Cache(_decode_ctx(tmp_path), "fp16", 3, 70)  # 5 pages per sequence, the last partial
+    B, P = 3, 5
+    assert (cache.B, cache.P, cache.BP, cache.L) == (B, P, B * P, 2)
+    paged = LayerStore(cache, PagePool(DramTier(pinned=False), cache.spec, cache.L * cache.BP))
+    tables = paged.tables("cpu")
+    for layer in range(cache.L):
+        assert paged.rows[layer] == range(layer * B * P, (layer + 1) * B * P)
+        assert tables[layer].dtype == torch.int32 and tables[layer].is_contiguous()
+        assert tables[layer].tolist() == [[layer * B * P + b * P + p for p in range(P)] for b in range(B)]
+        assert paged.view(layer).data_ptr() == paged.pool.tensor[layer * B * P].data_ptr()
+    one = LayerStore(cache, PagePool(DramTier(pinned=False), cache.spec, cache.BP), layers=1)
+    assert len(one.tables("cpu")) == 1 and one.tables("cpu")[0].tolist() == tables[0].tolist()
+
+
+def test_hot_window_ring_tables(tmp_path):
+    """Staging slots first, then every layer's hot pages, in one HBM pool: per (slot,
+    layer) the cold blocks point into the slot, the hot blocks into the layer's own."""
+    from kvbench.bench.decode.cache import Cache, LayerStore
+    from kvbench.bench.decode.lower import RING_SLOTS, _ring_tables
+    from kvbench.store import PagePool
+    from kvbench.tiers import DramTier
+
+    cache = Cache(_decode_ctx(tmp_path), "fp16", 3, 70)
+    B, P, L, R, T = cache.B, cache.P, cache.L, RING_SLOTS, 16
+    hot_blocks = 2  # a window of 20 tokens: the last two pages
+    cold = P - hot_blocks
+    pool = PagePool(DramTier(pinned=False), cache.spec, R * B * P + L * B * hot_blocks)
+    slots = [LayerStore(cache, pool, layers=1) for _ in range(R)]
+    hot = LayerStore(cache, pool, tokens=cache.C - cold * T)
+    assert [len(r) for r in hot.rows] == [B * hot_blocks] * L
+    got = _ring_tables(slots, hot, cold, L)
+    for s in range(R):
+        for layer in range(L):
+            expect = [[s * B * P + b * P + p for p in range(cold)]
+                      + [R * B * P + layer * B * hot_blocks + b * hot_blocks + j for j in range(hot_blocks)]
+                      for b in range(B)]
+            assert got[(s, layer)].tolist() == expect
+    plain = _ring_tables(slots, None, P, L)
+    assert plain[(1, 0)].tolist() == [[B * P + b * P + p for p in range(P)] for b in range(B)]

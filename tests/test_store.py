@@ -187,3 +187,70 @@ def test_bad_nvme_dirs(tmp_path):
 def test_dram_label_says_pinned_or_pageable():
     from conftest import CUDA_OK
     assert DramTier().label == ("dram (pinned)" if CUDA_OK else "dram (pageable)")
+
+
+def test_layer_major_allocation_keeps_each_layer_contiguous():
+    """One layer-major append over a batch gives each layer's pages of the batch one run
+    of consecutive ids (the decode benchmark moves a layer in one copy); group_pages
+    refuses pages that are not."""
+    s = spec("layer", tokens=4)
+    pool = PagePool(DramTier(), s, 32 * 12 + 8)
+    store = PagedKVStore(pool)
+    seqs = [5, 3, 9]
+    for q in seqs:
+        store.add_sequence(q)
+    new = store.append_tokens_layer_major(seqs, 10)  # 3 blocks of 4 tokens each
+    assert new == list(range(32 * 9))
+    bt = store.block_tables_tensor(seqs)
+    for layer in range(32):
+        assert store.group_pages(seqs, layer) == range(layer * 9, (layer + 1) * 9)
+        for i in range(3):
+            assert bt[i, layer].tolist() == [layer * 9 + i * 3 + b for b in range(3)]
+    assert store.append_tokens_layer_major(seqs, 2) == []  # 12 tokens: the same 3 blocks
+    assert [store.seqs[q].tokens for q in seqs] == [12, 12, 12]
+    store.append_tokens_layer_major(seqs[:1], 1)  # a 4th block for one sequence, elsewhere
+    assert store.block_table(5)[1] == [9, 10, 11, 32 * 9 + 1]
+    with pytest.raises(KvbenchError, match="not consecutive"):
+        store.group_pages(seqs, 1)
+    assert store.group_pages(seqs[1:], 1) == range(12, 18)
+    with pytest.raises(KvbenchError, match="twice"):
+        store.append_tokens_layer_major([3, 3], 1)
+
+
+def test_store_of_fewer_layers_and_shared_pools():
+    """A store may hold tables for only the first layers (a staging slot, the layers
+    that fit); several stores share one pool without handing out a page twice."""
+    s = spec("layer", tokens=4)
+    pool = PagePool(DramTier(), s, 64)
+    slots = [PagedKVStore(pool, layers=1) for _ in range(2)]
+    for st in slots:
+        st.add_sequence(0)
+        st.add_sequence(1)
+        st.append_tokens_layer_major([0, 1], 8)
+    assert [st.groups for st in slots] == [1, 1]
+    assert slots[0].group_pages([0, 1], 0) == range(0, 4)
+    assert slots[1].group_pages([0, 1], 0) == range(4, 8)
+    assert slots[1].block_tables_tensor([0, 1]).tolist() == [[[4, 5]], [[6, 7]]]
+    for bad in (0, 33):
+        with pytest.raises(KvbenchError, match="cannot hold"):
+            PagedKVStore(pool, layers=bad)
+    with pytest.raises(KvbenchError, match="cannot hold"):
+        PagedKVStore(PagePool(DramTier(), spec("block", tokens=4), 4), layers=1)
+
+
+def test_pool_rows_may_be_wider_than_the_default(nvme_dir):
+    """A memory pool with a file pool's row stride takes a run of file rows in one copy;
+    the payload still round-trips, and rows that cannot hold a page are refused."""
+    s = spec("layer", fmt="fp8_e4m3_token_head")  # 33,792 B: not a multiple of 4 KiB
+    with NvmeTier(nvme_dir) as tier:
+        file_pool = PagePool(tier, s, 4)
+        pool = PagePool(DramTier(), s, 4, stride=file_pool.stride)
+        assert pool.stride == file_pool.stride and tuple(pool.tensor.shape) == (4, file_pool.stride)
+        data = torch.randint(0, 256, (4, s.page_bytes), dtype=torch.uint8)
+        pool.write_pages([2, 0, 3, 1], data)
+        assert torch.equal(pool.read_pages([2, 0, 3, 1]), data)
+        with pytest.raises(KvbenchError, match="cannot hold"):
+            PagePool(DramTier(), s, 4, stride=s.page_bytes - 4)
+        with pytest.raises(KvbenchError, match="alignment"):
+            PagePool(tier, s, 4, stride=file_pool.stride + 512)
+        file_pool.close()

@@ -60,7 +60,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kvbench.env import collect_environment, summary_lines
+    from kvbench.env import collect_environment
+    from kvbench.report.machine import machine_lines
     from kvbench.runner import make_nvme_workdir, remove_workdir
     from kvbench.spec import FORMATS, list_models, load_model
     from kvbench.tiers import TIER_NAMES, make_tier
@@ -79,11 +80,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         tiers = []
         for name in TIER_NAMES:
             tier = make_tier(name, nvme_dir)
-            d = tier.describe()
-            if name == "nvme" and d["available"]:
-                d["odirect"] = tier.odirect_status()
-                tier.close()
-            tiers.append(d)
+            tiers.append(tier.describe())  # a file-backed tier adds whether O_DIRECT works
+            tier.close()
     finally:
         remove_workdir(nvme_dir, owned)
     if args.json:
@@ -94,7 +92,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1, default=str))
         return 0
     console.print(f"[bold]kvbench {__version__}[/bold]")
-    for line in summary_lines(env):
+    for line in machine_lines(env):
         console.print(f"  {line}")
     t = Table(title="Tiers", title_justify="left")
     for col in ("tier", "available", "kind / reason", "free"):
@@ -175,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from kvbench.env import collect_environment
     from kvbench.runner import (check_pages_fit, default_output, make_nvme_workdir, print_plan,
-                                print_summary, remove_workdir, run, stderr_console)
+                                remove_workdir, run, stderr_console)
 
     nvme_dir, owned = make_nvme_workdir(args.nvme_dir)
     console = stderr_console()
@@ -200,14 +198,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             doc, path = run(benches, ctx, output, argv=sys.argv[1:], console=console,
-                            progress=not args.no_progress, cases=args.cases)
+                            progress=not (args.no_progress or args.quiet), cases=args.cases)
         except KeyboardInterrupt:
             console.print(f"kvbench: interrupted; finished cases written to {output}")
             return 130
         finally:
             signal.signal(signal.SIGTERM, previous)
-        print_summary(doc, {b.key: b for b in benches}, console)
-        console.print(f"result: {path}")
+        if args.quiet:
+            print(path)
+        else:  # the summary and the result's path on stdout; progress and logs went to stderr
+            from kvbench.report.page import make_console
+            from kvbench.report.summary import print_summary
+
+            out = make_console(wide=False)
+            print_summary(doc, out)
+            out.print(f"result: {path}", highlight=False, markup=False, soft_wrap=True)
         errors = sum(1 for c in doc["cases"] if c["status"] == "error")
         return 1 if errors else 0
     finally:
@@ -253,8 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--list", action="store_true", help="list benchmarks and exit")
     run.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"model whose KV shape sets the pages (default {DEFAULT_MODEL}; see 'kvbench info --list-models')")
+    from kvbench.spec import FORMATS  # the format registry (no torch: start-up stays fast)
+
     run.add_argument("--format", action="append", metavar="FMT",
-                     help=f"KV format(s): fp16, bf16, fp8_e4m3, fp8_e4m3_head, fp8_e4m3_token_head, nvfp4, mxfp4 (default {','.join(DEFAULT_FORMATS)})")
+                     help=f"KV format(s), repeat or comma-separate: {', '.join(FORMATS)} "
+                          f"(default {','.join(DEFAULT_FORMATS)})")
     run.add_argument("--tokens-per-page", type=_positive_int, default=16, metavar="N",
                      help="tokens per page (default 16, vLLM's default block size)")
     run.add_argument("--layout", action="append", metavar="L",
@@ -290,14 +298,76 @@ def build_parser() -> argparse.ArgumentParser:
     # (scripts/gpu_check.sh does); only with --dry-run
     run.add_argument("--plan-as-gpu", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="print only the result file's path on stdout (no progress bar, no summary)")
     run.set_defaults(func=cmd_run)
 
-    from kvbench.report import add_parsers as add_report_compare
     from kvbench.sizing.cli import add_parser as add_size
 
     add_size(sub)
-    add_report_compare(sub)
+    _add_report_parsers(sub)
     return p
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kvbench.report.run_report import report
+
+    report(args.result, plot_dir=args.plot_dir, html_path=args.html, benches=csv_values(args.bench))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kvbench.report.compare import compare
+
+    compare(args.results, plot_dir=args.plot_dir, html_path=args.html, benches=csv_values(args.bench))
+    return 0
+
+
+def _outputs(p: argparse.ArgumentParser, plots: str) -> None:
+    p.add_argument("--plot-dir", metavar="DIR", help=f"write PNG plots here (created if missing): {plots}")
+    p.add_argument("--html", metavar="PATH",
+                   help="write one self-contained HTML page (headline first, then plots and tables; "
+                        "plots embedded as data URIs, nothing loaded from the network)")
+    p.add_argument("-b", "--bench", action="append", metavar="KEY",
+                   help="only this benchmark (key or unique prefix; repeat or comma-separate)")
+
+
+def _add_report_parsers(sub: Any) -> None:
+    """``report`` and ``compare`` (kvbench.report does the work)."""
+    rep = sub.add_parser(
+        "report", help="show one result file: headline, environment, tables per benchmark, plots, HTML",
+        description="Print a result file's headline (counts, flags, and per benchmark its best or "
+                    "most telling figures: GB/s per tier pair and %% of its limit, decode tokens/s "
+                    "per placement and format with the speed-up over fp16, prefix break-even, "
+                    "error per format), its environment (GPU, PCIe link, host, disk, software, "
+                    "commit, mode) and, per benchmark, a table of its cases: ok cases first with "
+                    "the median, p10-p90 and coefficient of variation of the headline figure, their "
+                    "flags (unstable, above_ceiling) and paired ratios with their 95%% confidence "
+                    "interval (e.g. 88%% [85-92]), then skipped and failed cases with their "
+                    "reasons. Optionally writes PNG plots and one self-contained HTML page. "
+                    "GB = 1e9 B, GiB = 2^30 B.")
+    rep.add_argument("result", metavar="R.json", help="a result file written by 'kvbench run'")
+    _outputs(rep, "the plots each benchmark declares (transfer GB/s per direction and method with "
+                  "same-run ceilings, the page-size sweep, decode tokens/s and %% of roofline, accuracy "
+                  "error vs bits per element, prefix load vs recompute)")
+    rep.set_defaults(func=cmd_report)
+    cmp_ = sub.add_parser(
+        "compare", help="put result files side by side (e.g. H100 vs H200), with ratios and warnings",
+        description="Compare result files: one column per file, labelled by letter and GPU name "
+                    "(or 'cpu' and host; run ids are listed above the tables); rows are cases matched "
+                    "by benchmark and case name with their headline figure and the 95%% confidence "
+                    "interval of its median, and the ratio of each file to the first (B/A, C/A, ...), "
+                    "marked '~ within noise' where the two intervals overlap and faster/slower where "
+                    "they do not; cases a run flagged unstable or above_ceiling are marked. "
+                    "Before the tables, one warning line for each thing that makes the runs not "
+                    "comparable (kvbench version or schema, model, formats, tokens per page, quick "
+                    "vs full, gpu vs cpu-fallback mode, cases in one file only). A hardware table "
+                    "puts GPU, memory, PCIe link, host CPU and disk side by side. GB = 1e9 B, GiB = 2^30 B.")
+    cmp_.add_argument("results", nargs="+", metavar="R.json",
+                      help="two or more result files; the first is the reference (A) of every ratio")
+    _outputs(cmp_, "grouped bars of the headline figure of the cases that are ok in every file, "
+                   "one plot per benchmark")
+    cmp_.set_defaults(func=cmd_compare)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

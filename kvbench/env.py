@@ -1,8 +1,8 @@
 """Hardware and software identity of the machine a run measures, read once per run.
 
 `collect_environment()` returns a plain, JSON-serialisable dict that a result file
-stores beside its measurements; `summary_lines()` turns it into the few lines that
-`kvbench info` prints. Nothing here raises on missing hardware: a query that fails
+stores beside its measurements (``kvbench.report.machine`` turns it into the lines
+that ``kvbench info``, the run summary, ``report`` and ``compare`` print). Nothing here raises on missing hardware: a query that fails
 gives None (or a section with ``available: false`` and a ``reason``).
 
 Units: sizes are bytes, clocks MHz, power W, link rates GB/s (1 GB = 1e9 bytes)
@@ -26,7 +26,6 @@ from typing import Any, Callable
 
 from kvbench.mounts import (dir_backing, find_mount, fs_backing, parse_mountinfo,  # noqa: F401
                              parse_proc_mounts, read_mount_table)
-from kvbench.units import GB, GiB, fmt_bytes
 
 # ---------------------------------------------------------------------------
 # PCIe link arithmetic
@@ -557,87 +556,3 @@ def collect_environment(nvme_dir: str | Path | None = None, *, import_torch: boo
     if nvme_dir is not None:
         env["nvme"] = _nvme(nvme_dir)
     return env
-
-
-def _gib(n: int | None) -> str:
-    return f"{n / GiB:.1f} GiB" if n is not None else "? GiB"
-
-
-def summary_lines(env: dict[str, Any]) -> list[str]:
-    """A few human-readable lines describing `env` (for `kvbench info`)."""
-    lines = []
-    host = env.get("host") or {}
-    cores = host.get("cpu_cores_physical") or host.get("cpu_cores_logical")
-    numa = host.get("numa_nodes") or []
-    memlock = host.get("memlock_limit_bytes")
-    lines.append(
-        f"Host: {host.get('cpu_model') or 'unknown CPU'}, {cores or '?'} cores "
-        f"({host.get('cpu_cores_logical') or '?'} logical), "
-        f"{_gib(host.get('memory_total_bytes'))} RAM, {len(numa) or '?'} NUMA node(s), "
-        f"memlock {'unlimited' if memlock is None else fmt_bytes(memlock)}"
-        + (" (not applied: CAP_IPC_LOCK)" if memlock is not None
-           and host.get("memlock_limit_applies") is False else "")
-    )
-
-    gpus = env.get("gpus") or []
-    nvml = env.get("nvml") or {}
-    if not gpus:
-        reason = nvml.get("reason") if not nvml.get("available") else "no devices"
-        lines.append(f"GPU: none (NVML: {reason})")
-    else:
-        lines.append(f"NVIDIA driver {nvml.get('driver_version')}, "
-                     f"CUDA driver {nvml.get('cuda_driver_version')}")
-        for g in gpus:
-            link = "PCIe ?"
-            if g.get("pcie_gen_max") is not None:
-                link = f"PCIe Gen{g['pcie_gen_max']} x{g.get('pcie_width_max')}"
-                if g.get("pcie_limit_gbps_per_direction") is not None:
-                    link += f" ({g['pcie_limit_gbps_per_direction']:.1f} GB/s/dir)"
-                cur = (g.get("pcie_gen_current"), g.get("pcie_width_current"))
-                if cur != (g.get("pcie_gen_max"), g.get("pcie_width_max")) and None not in cur:
-                    link += f", now Gen{cur[0]} x{cur[1]}"
-            lines.append(
-                f"GPU{g.get('index')}: {g.get('name')}, {_gib(g.get('memory_total_bytes'))}, "
-                f"{link}, NUMA {g.get('numa_node') if g.get('numa_node') is not None else '?'}"
-            )
-
-    cuda = env.get("cuda")
-    if cuda is None:
-        pass
-    elif cuda.get("available"):
-        lines.append(f"CUDA (torch): {cuda.get('torch_cuda_version')}, "
-                     f"{cuda.get('device_count')} device(s)")
-    else:
-        lines.append(f"CUDA (torch): unavailable ({cuda.get('reason')})")
-
-    nv = env.get("nvme")
-    if nv is not None:
-        bd = nv.get("block_device")
-        free = nv.get("free_bytes")
-        free_s = f"{free / GB:.0f} GB free" if free is not None else "free space unknown"
-        if bd:
-            traits = [bd.get("kind"), nv.get("fs_type"),
-                      {True: "rotational", False: "non-rotational"}.get(bd.get("rotational")),
-                      bd.get("scheduler")]
-            traits_s = ", ".join(t for t in traits if t)
-            model = f" [{bd['model']}]" if bd.get("model") else ""
-            lines.append(f"NVMe dir: {nv.get('dir')} on /dev/{bd.get('disk')}{model} "
-                         f"({traits_s}), {free_s}")
-        else:
-            lines.append(f"NVMe dir: {nv.get('dir')} ({nv.get('fs_type') or '?'}): "
-                         f"{nv.get('reason')}; {free_s}")
-        if nv.get("backing") not in (None, "disk"):
-            lines.append(f"  not a disk: {nv.get('backing_reason')}; NVMe figures measure that")
-        why = nv.get("chosen_because")
-        if why and not why.startswith("given by"):
-            lines.append(f"  chosen: {why}")
-
-    sw = env.get("software") or {}
-    pk = sw.get("packages") or {}
-    lines.append(f"Software: Python {sw.get('python')}, kvbench {sw.get('kvbench')}, "
-                 f"torch {pk.get('torch')}, triton {pk.get('triton')}")
-    git = env.get("git")
-    if git:
-        lines.append(f"Git: {(git.get('commit') or '?')[:12]} on {git.get('branch') or 'detached'}"
-                     f"{' (dirty)' if git.get('dirty') else ''}")
-    return lines

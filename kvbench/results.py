@@ -49,7 +49,7 @@ _CASE_REQUIRED = ("bench", "name", "status", "config", "metrics", "units", "samp
 
 
 # ---------------------------------------------------------------------------- statistics
-from kvbench.measure.stats import summarize  # noqa: E402,F401 - results' statistics
+from kvbench.stats import summarize  # noqa: E402,F401 - results' statistics
 
 
 def make_case(

@@ -254,15 +254,15 @@ def check_pages_fit(model: Any, formats: list[str], tokens: int, layouts: list[s
                     nvme_dir: Path, cuda: bool) -> None:
     """Bad input before anything runs: a page larger than a tier can hold."""
     from kvbench.spec import PageSpec, get_format
-    from kvbench.tiers import make_tier
+    from kvbench.tiers import TIERS
     from kvbench.units import fmt_bytes
 
     biggest = max((PageSpec(model, get_format(f), tokens, lay) for f in formats for lay in layouts),
                   key=lambda s: s.page_bytes)
-    for name in ("hbm", "dram", "nvme"):
-        if name == "hbm" and not cuda:
+    for tier_cls in TIERS.values():
+        if tier_cls.device_memory and not cuda:
             continue
-        tier = make_tier(name, nvme_dir)
+        tier = tier_cls.build(nvme_dir)
         if not tier.available()[0]:
             continue
         free = tier.free_bytes()
@@ -276,50 +276,6 @@ def check_pages_fit(model: Any, formats: list[str], tokens: int, layouts: list[s
 def remove_workdir(path: Path, owned: bool) -> None:
     if owned:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def print_summary(doc: dict[str, Any], benches: dict[str, Benchmark], console: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"kvbench {doc['run']['mode']} run {doc['run']['id']} "
-                        f"({doc['run']['status']})  GB = 1e9 B", title_justify="left")
-    for col in ("bench", "case", "status", "median", "p10-p90 / cv", "% of ceiling [95% CI]"):
-        table.add_column(col, overflow="fold", no_wrap=col != "case")
-    table.add_column("note", overflow="ellipsis", max_width=60, no_wrap=True)
-    for c in doc["cases"]:
-        b = benches.get(c["bench"])
-        metric = b.headline if b else ""
-        val = c["metrics"].get(metric) if metric else None
-        unit = c["units"].get(metric, b.headline_unit if b else "") if metric else ""
-        st = c["stats"].get(metric, {}) if metric else {}
-        med = f"{val:,.4g} {unit}" if isinstance(val, (int, float)) else ""
-        spread = (f"{st['p10']:.4g}-{st['p90']:.4g} / {st['cv']:.1%}" if st.get("n", 0) > 1 else "")
-        pct = c["metrics"].get("pct_of_ceiling")
-        pct_s = f"{pct:.0f}%" if isinstance(pct, (int, float)) else ""
-        pr = c.get("paired", {}).get("pct_of_ceiling")
-        if pr:  # paired in the case: its 95% interval
-            pct_s += f" [{pr['ci_low']:.0f}-{pr['ci_high']:.0f}]"
-        status = {"ok": "[green]ok", "skipped": "[yellow]skipped", "error": "[red]error"}[c["status"]]
-        if c.get("flags"):
-            status = f"[magenta]{c['status']}: {', '.join(c['flags'])}"
-        note = c["reason"] or "; ".join(n for n in c.get("notes", []) if "\n" not in n)
-        table.add_row(c["bench"], c["name"], status, med, spread, pct_s, note)
-    console.print(table)
-    for g in doc["environment"].get("gpus") or []:
-        lim = g.get("pcie_limit_gbps_per_direction")
-        if lim:
-            console.print(f"{g.get('name')}: PCIe gen {g.get('pcie_gen_max')} x{g.get('pcie_width_max')} "
-                          f"(now gen {g.get('pcie_gen_current')} x{g.get('pcie_width_current')}), physical "
-                          f"limit {lim:.1f} GB/s per direction, {2 * lim:.1f} GB/s both (NVML); "
-                          "figures above it are flagged as errors")
-    counts = {s: sum(1 for c in doc["cases"] if c["status"] == s) for s in ("ok", "skipped", "error")}
-    flagged = sum(1 for c in doc["cases"] if "above_ceiling" in c.get("flags", ()))
-    unstable = sum(1 for c in doc["cases"] if "unstable" in c.get("flags", ()))
-    console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['error']} errors"
-                  + (f"; {flagged} above their ceiling (flagged: the ceiling did not bound them)"
-                     if flagged else "")
-                  + (f"; {unstable} unstable (a paired ratio's 95% interval wider than +-5% when the "
-                     "case's time budget ran out: --set <bench>.budget_s gives more)" if unstable else ""))
 
 
 def stderr_console() -> Any:

@@ -46,3 +46,10 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise ValueError(f"size must be positive: {text!r}")
     return int(value * mult)
+
+
+def is_num(v: object) -> bool:
+    """A finite int or float (bools and None are not figures)."""
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -91,8 +91,8 @@ def test_run_roundtrip_writes_valid_result(tmp_path):
     for c in d["cases"]:
         if c["status"] == "skipped":
             assert c["reason"]
-    assert "summary" not in r.stdout  # table goes to stderr
-    assert "ok," in r.stderr
+    assert "ok," in r.stdout and f"result: {out}" in r.stdout.replace("\n", "")  # summary: stdout
+    assert "ok," not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvbench.measure.stats import median_ci
+from kvbench.stats import median_ci
 from kvbench.results import make_case, write_atomic
 from test_report import PNG_MAGIC, TEST_NOTE, console, made_up_doc
 
@@ -69,7 +69,7 @@ def notes_of(page, prefix_: str) -> list[str]:
 
 
 def test_interval_of_the_median_next_to_each_figure(noisy_pair):
-    from kvbench.compare import build_compare
+    from kvbench.report.compare import build_compare
 
     assert median_ci(span(100, 1)) == (101, 107)  # the 2nd and 8th of 9 samples
     rows = case_rows(build_compare(list(noisy_pair), ["a.json", "b.json"]), "transfer / paged")
@@ -79,7 +79,7 @@ def test_interval_of_the_median_next_to_each_figure(noisy_pair):
 
 
 def test_overlapping_intervals_are_within_noise_others_faster_or_slower(noisy_pair):
-    from kvbench.compare import build_compare
+    from kvbench.report.compare import build_compare
 
     page = build_compare(list(noisy_pair), ["a.json", "b.json"])
     rows = case_rows(page, "transfer / paged")
@@ -96,7 +96,7 @@ def test_overlapping_intervals_are_within_noise_others_faster_or_slower(noisy_pa
 
 
 def test_verdict_directions_and_edges():
-    from kvbench.compare import SAME, verdict
+    from kvbench.report.compare import SAME, verdict
 
     assert verdict("gbps", (1.0, 2.0), (2.0, 3.0)) == SAME  # touching intervals overlap
     assert verdict("gbps", (1.0, 2.0), (2.5, 3.0)) == "faster"
@@ -109,7 +109,7 @@ def test_verdict_directions_and_edges():
 
 
 def test_unstable_case_is_marked_in_compare(noisy_pair, tmp_path):
-    from kvbench.compare import compare
+    from kvbench.report.compare import compare
 
     paths = [write_atomic(tmp_path / f"{t}.json", d) for t, d in zip("ab", noisy_pair)]
     con, buf = console()
@@ -128,7 +128,7 @@ def test_unstable_case_is_marked_in_compare(noisy_pair, tmp_path):
 
 
 def test_report_shows_flags_and_paired_ratios_with_their_interval(noisy_pair, tmp_path):
-    from kvbench.report import report
+    from kvbench.report.run_report import report
 
     paired = transfer("paired", span(40, 1), metrics={"pct_of_fio": 97.0})
     paired["flags"] = ["above_ceiling"]

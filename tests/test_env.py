@@ -12,6 +12,7 @@ import pytest
 
 from kvbench import env as kenv
 from kvbench import mounts
+from kvbench.report.machine import machine_lines
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_no_nvml_is_reported_not_raised(collected):
         pytest.skip("this machine has NVML")
     assert nvml["reason"]
     assert env["gpus"] == []
-    assert any(line.startswith("GPU: none (NVML: ") for line in kenv.summary_lines(env))
+    assert any(line.startswith("GPU: none (NVML: ") for line in machine_lines(env))
 
 
 def test_nvml_init_failure_gives_reason(monkeypatch):
@@ -112,8 +113,8 @@ def test_gpu_fields_with_fake_nvml(monkeypatch):
     assert g["compute_capability"] == "9.0"
     assert g["persistence_mode"] is True
     json.dumps(gpus, allow_nan=False)
-    lines = kenv.summary_lines({"nvml": section, "gpus": gpus})
-    assert any("PCIe Gen5 x16 (63.0 GB/s/dir), now Gen1 x16" in line for line in lines)
+    lines = machine_lines({"nvml": section, "gpus": gpus})
+    assert any("PCIe Gen5 x16 (63.0 GB/s per direction), now Gen1 x16" in line for line in lines)
 
 
 def test_cuda_section_reason(collected):
@@ -139,7 +140,7 @@ def test_nvme_block_for_tmp_dir(collected):
         assert bd["kind"]
         assert bd["logical_block_size"] in (512, 4096)
         assert bd["size_bytes"] > 0
-        assert any(line.startswith(f"NVMe dir: {d} on /dev/") for line in kenv.summary_lines(env))
+        assert any(line.startswith(f"NVMe dir: {d} on /dev/") for line in machine_lines(env))
 
 
 def test_nvme_without_block_device_or_dir():
@@ -259,6 +260,6 @@ def test_software_versions_include_the_cuda_bindings(collected, monkeypatch):
 
 def test_memlock_line_says_when_the_limit_does_not_apply():
     env = {"host": {"memlock_limit_bytes": 8 << 20, "memlock_limit_applies": False}}
-    assert "memlock 8 MiB (not applied: CAP_IPC_LOCK)" in kenv.summary_lines(env)[0]
+    assert "memlock 8 MiB (not applied: CAP_IPC_LOCK)" in machine_lines(env)[0]
     env["host"]["memlock_limit_applies"] = True
-    assert kenv.summary_lines(env)[0].endswith("memlock 8 MiB")
+    assert machine_lines(env)[0].endswith("memlock 8 MiB")

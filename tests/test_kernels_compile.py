@@ -100,7 +100,7 @@ MMA_RE = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync|tcgen05\.mma)[\w.]*")
 CVT_RE = re.compile(r"\bcvt(?:\.\w+)*\.(?:e4m3|e5m2|e2m1|ue8m0)x?\d?(?:\.\w+)*")
 
 #: tokens per page: the default, and the decode kernel at the points of the transfer
-#: benchmark's quick page-size sweep (kvbench/bench/transfer.py SWEEP_TOKENS_QUICK);
+#: benchmark's quick page-size sweep (kvbench/bench/transfer/common.py SWEEP_TOKENS_QUICK);
 #: sizes the host refuses (check_shape) are reported, not compiled
 SMALL_PAGE = 16
 PAGE_SWEEP = (64, 256, 1024)

@@ -12,6 +12,7 @@ import pytest
 from kvbench import env as kenv
 from kvbench.errors import KvbenchError
 from kvbench.runner import make_nvme_workdir
+from kvbench.report.machine import machine_lines
 from kvbench.tiers.nvme import (NvmeTier, choose_nvme_dir, chosen_because, default_nvme_dir,
                                 nvme_dir_candidates)
 
@@ -106,7 +107,7 @@ def test_ram_backed_dir_is_labelled():
     assert NvmeTier(shm).label == "nvme (RAM-backed tmpfs: not a disk)"
     nv = kenv.collect_environment(shm, import_torch=False)["nvme"]
     assert nv["backing"] == "ram" and "RAM-backed" in nv["backing_reason"]
-    assert any(line.startswith("  not a disk: tmpfs") for line in kenv.summary_lines({"nvme": nv}))
+    assert any(line.startswith("  not a disk: tmpfs") for line in machine_lines({"nvme": nv}))
 
 
 def test_other_backings_are_labelled(tmp_path):

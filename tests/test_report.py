@@ -7,7 +7,6 @@ a GPU. They are not measurements and their figures mean nothing.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import json
@@ -33,27 +32,13 @@ def console():
 
 
 def cli(argv, capsys):
-    """kvbench's real main(), with report/compare registered if cli.py lacks them."""
+    """kvbench's real main()."""
     from kvbench import cli as kcli
-    from kvbench.report import add_parsers
 
-    real = kcli.build_parser
-
-    def build():
-        p = real()
-        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-        if "report" not in sub.choices:
-            add_parsers(sub)
-        return p
-
-    kcli.build_parser = build
     try:
-        try:
-            rc = kcli.main(argv)
-        except SystemExit as exc:  # argparse errors and --help
-            rc = exc.code
-    finally:
-        kcli.build_parser = real
+        rc = kcli.main(argv)
+    except SystemExit as exc:  # argparse errors and --help
+        rc = exc.code
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -173,7 +158,7 @@ def gpu_pair(tmp_path):
 
 # ------------------------------------------------------------------------------ tests
 def test_module_imports_fast_without_torch_matplotlib_rich():
-    code = ("import sys, kvbench.report, kvbench.compare; "
+    code = ("import sys, kvbench.report.run_report, kvbench.report.compare; "
             "print(sorted(m for m in ('torch', 'matplotlib', 'rich') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
@@ -181,14 +166,14 @@ def test_module_imports_fast_without_torch_matplotlib_rich():
 
 def test_headlines_match_the_registry():
     from kvbench.bench import registry
-    from kvbench.report import HEADLINES
+    from kvbench.report.cases import headline_of
 
     for key, bench in registry().items():
-        assert HEADLINES.get(key) == (bench.headline, bench.headline_unit), key
+        assert headline_of(key) == (bench.headline, bench.headline_unit), key
 
 
 def test_report_of_a_real_roundtrip_result(roundtrip_result, tmp_path):
-    from kvbench.report import report
+    from kvbench.report.run_report import report
 
     con, buf = console()
     report(str(roundtrip_result), console=con)
@@ -201,15 +186,18 @@ def test_report_of_a_real_roundtrip_result(roundtrip_result, tmp_path):
     ok = [c for c in doc["cases"] if c["status"] == "ok"]
     assert ok and "bytes_verified (B)" in text
     assert f"{ok[0]['metrics']['bytes_verified']:,}" in text
-    # skipped cases come after the ok ones, with their reasons
+    # the headline comes first; in the details, skipped cases come after the ok ones,
+    # with their reasons
+    assert text.index("Headline") < text.index("Environment")
+    details = text[text.index("Environment"):]
     for c in doc["cases"]:
         if c["status"] == "skipped":
-            assert text.index(c["name"]) > text.index(ok[-1]["name"])
+            assert details.index(c["name"]) > details.index(ok[-1]["name"])
             assert c["reason"][:40] in text
 
 
 def test_report_tables_plots_and_self_contained_html(gpu_pair, tmp_path):
-    from kvbench.report import report
+    from kvbench.report.run_report import report
 
     plots, page = tmp_path / "plots", tmp_path / "out" / "r.html"
     con, buf = console()
@@ -232,7 +220,7 @@ def test_report_tables_plots_and_self_contained_html(gpu_pair, tmp_path):
 
 
 def test_report_bench_filter(gpu_pair):
-    from kvbench.report import report
+    from kvbench.report.run_report import report
 
     con, buf = console()
     report(str(gpu_pair[0]), benches=["dec"], console=con)
@@ -241,7 +229,7 @@ def test_report_bench_filter(gpu_pair):
 
 
 def test_compare_h100_vs_h200_ratios_warnings_and_hardware(gpu_pair, tmp_path):
-    from kvbench.compare import compare
+    from kvbench.report.compare import compare
 
     plots, page = tmp_path / "cplots", tmp_path / "c.html"
     con, buf = console()
@@ -277,7 +265,7 @@ def test_compare_h100_vs_h200_ratios_warnings_and_hardware(gpu_pair, tmp_path):
 
 
 def test_compare_mode_and_geomean(tmp_path):
-    from kvbench.compare import build_compare
+    from kvbench.report.compare import build_compare
 
     a = made_up_doc("NVIDIA H100 80GB HBM3", 79.6, 1.0, run_id="a1")
     b = made_up_doc("NVIDIA H200", 139.8, 2.0, run_id="b1")
@@ -348,7 +336,7 @@ def test_bad_options_are_one_line(argv_fn, msg, gpu_pair, tmp_path, capsys):
 
 
 def test_write_bytes_atomic_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
-    from kvbench.report import write_bytes_atomic
+    from kvbench.results import write_bytes_atomic
 
     target = tmp_path / "f.png"
     write_bytes_atomic(target, b"old")

@@ -193,33 +193,3 @@ def test_above_ceiling_beyond_noise_is_flagged_not_ok():
     c = make_case("transfer", "p", {"kind": "paged"}, samples={"gbps": [53.0, 54.0, 55.0]})
     check_limits(ctx, c, "dram->hbm")
     assert c["flags"] == ["above_ceiling"] and c["metrics"]["ceiling_gbps"] == 51.0
-
-
-def test_summary_counts_flagged_cases():
-    from rich.console import Console
-
-    from kvbench.runner import print_summary
-    case = make_case("transfer", "w", {"kind": "paged"}, samples={"gbps": [2.0]})
-    case["flags"] = ["above_ceiling"]
-    doc = {"run": {"mode": "cpu-fallback", "id": "x", "status": "complete"},
-           "environment": {}, "cases": [case]}
-    con = Console(record=True, width=200)
-    print_summary(doc, {}, con)
-    text = con.export_text()
-    assert "ok: above_ceiling" in text and "1 above their ceiling" in text
-
-
-def test_summary_shows_paired_intervals_and_counts_unstable():
-    from rich.console import Console
-
-    from kvbench.runner import print_summary
-    case = make_case("transfer", "u", {"kind": "paged"}, samples={"gbps": [2.0, 2.1]},
-                     metrics={"pct_of_ceiling": 88.0})
-    case["paired"] = {"pct_of_ceiling": {"median": 88.0, "ci_low": 80.0, "ci_high": 95.0}}
-    case["flags"] = ["unstable"]
-    doc = {"run": {"mode": "cpu-fallback", "id": "x", "status": "complete"},
-           "environment": {}, "cases": [case]}
-    con = Console(record=True, width=250)
-    print_summary(doc, {}, con)
-    text = con.export_text()
-    assert "88% [80-95]" in text and "ok: unstable" in text and "1 unstable" in text

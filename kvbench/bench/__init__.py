@@ -4,8 +4,12 @@ Each benchmark module (``kvbench/bench/<key>.py``) defines ``BENCH = Benchmark(.
 a stable snake_case key, a one-line description, ``available(ctx)`` saying whether it
 can run here (and why not), and ``plan(ctx)`` returning its cases. A case is a name, its
 resolved configuration and a callable that measures it and returns a result case dict
-(``kvbench.results.make_case``), or raises ``Skip(reason)``. The runner owns progress,
-error capture, the result file and the summary table; benchmarks own only measurement.
+(``kvbench.results.make_case``), or raises ``Skip(reason)``. A benchmark also declares
+how its results are shown: its headline metric, further table columns, plots and the
+highlights of a report's headline section (``kvbench report`` reads these; nothing
+there knows a benchmark by name). Adding a benchmark = its module + one line in
+``BENCH_MODULES``. The runner owns progress, error capture, the result file and the
+summary table.
 """
 
 from __future__ import annotations
@@ -109,8 +113,32 @@ class Case:
     run: Callable[[RunContext], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Plot:
+    """A plot a benchmark draws from a result document: ``draw(doc)`` returns
+    (matplotlib Figure, caption saying what is drawn) or None when the document has
+    no ok case it draws. ``kvbench report`` titles it with the run and writes
+    ``file`` (PNG). Draw with ``kvbench.plotkit`` (shared colours, log axes)."""
+
+    file: str
+    draw: Callable[[dict[str, Any]], tuple[Any, str] | None]
+
+
+@dataclass(frozen=True)
+class Highlights:
+    """What a benchmark puts in the headline section of a report: a small table of
+    its best or most telling figures (values unformatted; units per column)."""
+
+    title: str
+    columns: list[tuple[str, str]]  # (column name, unit: "" for text)
+    rows: list[list[Any]]
+
+
 @dataclass
 class Benchmark:
+    """A benchmark: what it measures (plan, available, options) and how its results
+    are shown (headline metric, further table columns, plots, headline highlights)."""
+
     key: str
     description: str
     plan: Callable[[RunContext], list[Case]]
@@ -120,6 +148,12 @@ class Benchmark:
     headline_unit: str = ""
     #: ``--set`` options this benchmark reads: full key -> one-line description
     options: dict[str, str] = field(default_factory=dict)
+    #: further metrics worth a column in report tables (shown when a case has them)
+    columns: tuple[str, ...] = ()
+    #: plots of its results (kvbench report --plot-dir / --html)
+    plots: tuple[Plot, ...] = ()
+    #: the report's headline section for this benchmark: doc -> Highlights or None
+    highlights: Callable[[dict[str, Any]], "Highlights | None"] | None = None
 
 
 def registry() -> dict[str, Benchmark]:

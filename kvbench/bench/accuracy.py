@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvbench.bench import Benchmark, Case, RunContext
+from kvbench.bench import Benchmark, Case, Highlights, Plot, RunContext
 from kvbench.errors import KvbenchError
 from kvbench.spec import FORMATS, get_format, load_model
 
@@ -86,7 +86,7 @@ def _accuracy_case(source: str, fmt: str):
 
 def _speed_case(fmt: str, config: dict[str, Any]):
     def run(ctx: RunContext) -> dict[str, Any]:
-        from kvbench.formats.speed import run_speed
+        from kvbench.measure.speed import run_speed
 
         return run_speed(ctx, KEY, f"speed/{fmt}", config, _model(ctx))
 
@@ -110,7 +110,7 @@ def plan(ctx: RunContext) -> list[Case]:
                    "seed": ctx.seed, "model": model.name if source == "synthetic" else "llama_random"}
             cases.append(Case(f"{source}/{fmt}", cfg, _accuracy_case(source, fmt)))
     if ctx.opt("accuracy.speed", 1, int):
-        from kvbench.formats.speed import speed_config
+        from kvbench.measure.speed import speed_config
 
         for fmt in formats:
             cfg = speed_config(model, fmt, ctx.tokens_per_page, ctx.quick)
@@ -122,6 +122,75 @@ def available(ctx: RunContext) -> tuple[bool, str]:
     return True, "runs on CPU; speed cases need CUDA"
 
 
+#: the errors drawn, each with its marker and a sideways offset (bits) so the K and V
+#: points of one format stand apart instead of on top of each other
+_ERRORS = {"k_rel_err": ("o", "K", -0.15), "v_rel_err": ("s", "V", 0.15),
+           "attn_rel_err": ("^", "attention", 0.0)}
+
+
+def _error_panel(ax, cases: list[dict[str, Any]]) -> list[str]:
+    """One source's errors against bits per element; returns the formats with zero error."""
+    from kvbench import plotkit
+
+    zero = []
+    for c in cases:
+        fmt, bits, m = str(c["config"].get("format")), c["metrics"]["bits_per_element"], c["metrics"]
+        drawn = [(k, m[k]) for k in _ERRORS if isinstance(m.get(k), (int, float)) and m[k] > 0]
+        if not drawn:
+            zero.append(fmt)
+            continue
+        for k, v in drawn:
+            mk, _label, dx = _ERRORS[k]
+            ax.scatter([bits + dx], [v], marker=mk, color=plotkit.format_colour(fmt), s=36)
+        top = max(v for _k, v in drawn)
+        ax.annotate(fmt, (bits, top), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
+    return zero
+
+
+def plot_errors(doc: dict[str, Any]):
+    """Relative error of K, V and attention against bits per element (log y), a panel
+    per data source; colour = format (the same in every panel), marker = quantity."""
+    from matplotlib.lines import Line2D
+
+    from kvbench import plotkit
+    from kvbench.results import find_cases
+
+    cases = [c for c in find_cases(doc, KEY) if isinstance(c["metrics"].get("bits_per_element"), (int, float))]
+    if not cases:
+        return None
+    by_src: dict[str, list[dict[str, Any]]] = {}
+    for c in cases:
+        by_src.setdefault(str(c["config"].get("source", "")), []).append(c)
+    fig = plotkit.new_figure(6 * len(by_src), 4.8)
+    for ax, (src, cs) in zip(fig.subplots(1, len(by_src), squeeze=False)[0], by_src.items()):
+        zero = _error_panel(ax, cs)
+        plotkit.log_axis(ax, "y")
+        ax.set_xlabel("bits per element (values + scales)")
+        ax.set_ylabel("relative error ||x - ref||_F / ||ref||_F")
+        ax.set_title(f"{src or 'all'}" + (f" (zero error, not drawn: {', '.join(zero)})" if zero else ""),
+                     fontsize=9, loc="left")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(handles=[Line2D([], [], marker=mk, ls="", color="#444", label=label)
+                           for mk, label, _dx in _ERRORS.values()], fontsize=7)
+    return fig, "accuracy: relative error of K, V and attention vs bits per element, per format"
+
+
+def highlights(doc: dict[str, Any]) -> Highlights | None:
+    """Per format (first source): bits per element and the errors of K, V, attention."""
+    from kvbench.results import find_cases
+
+    cases = [c for c in find_cases(doc, KEY) if "bits_per_element" in c["metrics"]]
+    if not cases:
+        return None
+    first = cases[0]["config"].get("source")
+    rows = [[c["config"].get("format"), c["metrics"].get("bits_per_element"), c["metrics"].get("k_rel_err"),
+             c["metrics"].get("v_rel_err"), c["metrics"].get("attn_rel_err")]
+            for c in cases if c["config"].get("source") == first]
+    return Highlights(f"accuracy: error per format ({first} K/V)",
+                      [("format", ""), ("bits/element", "bits"), ("K rel err", ""), ("V rel err", ""),
+                       ("attention rel err", "")], rows)
+
+
 BENCH = Benchmark(
     key=KEY,
     description="KV format error (K, V, attention vs FP16) and quantize/dequantize kernel GB/s",
@@ -129,6 +198,9 @@ BENCH = Benchmark(
     available=available,
     headline="attn_rel_err",
     headline_unit="",
+    columns=("k_rel_err", "v_rel_err", "bits_per_element", "compression_vs_fp16", "pct_of_copy"),
+    plots=(Plot("accuracy_error_vs_bits.png", plot_errors),),
+    highlights=highlights,
     options={
         'accuracy.sources': 'K/V sources: synthetic, llama_random (default both)',
         'accuracy.tokens': 'tokens of K/V per source',

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from kvbench.bench import Benchmark, Case, RunContext, Skip
+from kvbench.bench import Benchmark, Case, Highlights, RunContext, Skip
 from kvbench.results import make_case
 from kvbench.spec import PageSpec, get_format
 from kvbench.tiers import TIER_NAMES, make_tier
@@ -85,12 +85,24 @@ def plan(ctx: RunContext) -> list[Case]:
     return cases
 
 
+def highlights(doc: dict) -> Highlights | None:
+    """Per tier pair and layout: pages verified bit-exact, or why not."""
+    cases = [c for c in doc["cases"] if c["bench"] == BENCH_KEY]
+    if not cases:
+        return None
+    rows = [[c["name"], c["status"], c["metrics"].get("pages_verified"), c.get("reason") or ""] for c in cases]
+    return Highlights("roundtrip: bit-exact page round trips",
+                      [("tiers/layout", ""), ("status", ""), ("pages verified", "pages"), ("reason", "")], rows)
+
+
 BENCH = Benchmark(
     key=BENCH_KEY,
     description="bit-exact paged round trips between every pair of tiers (correctness first)",
     plan=plan,
     headline="bytes_verified",
     headline_unit="B",
+    columns=("pages_verified",),
+    highlights=highlights,
     options={
         'roundtrip.pages': 'pages moved each way per tier pair (default 16 quick, 64 full)',
     },

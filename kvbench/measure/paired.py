@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kvbench.measure.limits import flag
-from kvbench.measure.stats import paired_ratio, summarize
+from kvbench.stats import paired_ratio, summarize
 
 #: the confidence interval's half-width, relative to the median, a ratio must reach
 TARGET_HALFWIDTH = 0.05

@@ -4,7 +4,7 @@ The first file is the reference, A; the others are B, C, ... Cases are matched b
 (bench, case name) (plus the config ``kind`` and an occurrence number when a file
 repeats a name, as the transfer page-size sweep does). Each matched row shows the
 case's headline figure per file with the 95% confidence interval of its median (from
-the case's raw samples, ``kvbench.measure.stats.median_ci``), and the ratio of each
+the case's raw samples, ``kvbench.stats.median_ci``), and the ratio of each
 file to A with a verdict: "within noise" (printed ``~``) when the two intervals
 overlap, else faster / slower (better / worse for figures that are not speeds) by
 the metric's direction. Cases a run flagged (``unstable``, ``above_ceiling``) carry
@@ -20,33 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvbench.errors import KvbenchError
-from kvbench.measure.stats import median_ci
-from kvbench.report import (
-    UNITS_LINE,
-    Page,
-    Table,
-    check_outputs,
-    commit_text,
-    disk_text,
-    fmt_num,
-    fmt_ratio,
-    geomean,
-    gpu_text,
-    headline_metric,
-    higher_is_better,
-    host_text,
-    is_num,
-    make_console,
-    new_figure,
-    pcie_text,
-    png_bytes,
-    render_console,
-    run_label,
-    select_benches,
-    software_text,
-    unit_of,
-    write_outputs,
-)
+from kvbench.stats import median_ci
+from kvbench.plotkit import log_axis, new_figure, png_bytes
+from kvbench.report.cases import headline_metric, select_benches, unit_of
+from kvbench.report.machine import commit_text, disk_text, gpu_text, gpus_of, host_text, pcie_text, run_label, software_text
+from kvbench.report.numbers import UNITS_LINE, fmt_num, fmt_ratio, geomean, higher_is_better, is_num
+from kvbench.report.page import Page, Table, check_outputs, make_console, render_console, write_outputs
 from kvbench.results import load
 
 Key = tuple[str, str, str, int]  # (bench, kind, name, occurrence)
@@ -161,18 +140,21 @@ def hardware_table(docs: list[dict[str, Any]], tags: list[str], paths: list[str]
     def row(name: str, fn: Any) -> None:
         t.add([name, *[fn(d) for d in docs]])
 
-    def first_gpu(d: dict[str, Any]) -> dict[str, Any]:
-        gpus = [g for g in (d["environment"].get("gpus") or []) if isinstance(g, dict)]
-        return gpus[0] if gpus else {}
+    def env(fn: Any) -> Any:
+        return lambda d: fn(d.get("environment") or {})
+
+    def link(d: dict[str, Any]) -> str:
+        gpus = gpus_of(d.get("environment") or {})
+        return pcie_text(gpus[0]) if gpus else "none"
 
     t.add(["file", *paths])
     row("run", lambda d: f"{d['run']['id']} ({d['run'].get('status')}, {d['run'].get('started_utc')})")
-    row("GPU", gpu_text)
-    row("PCIe link", lambda d: pcie_text(first_gpu(d)) if first_gpu(d) else "none")
-    row("host", host_text)
-    row("disk (nvme tier)", disk_text)
-    row("software", software_text)
-    row("kvbench, commit", lambda d: f"{d['run'].get('kvbench_version')}, {commit_text(d)}")
+    row("GPU", env(gpu_text))
+    row("PCIe link", link)
+    row("host", env(host_text))
+    row("disk (nvme tier)", env(disk_text))
+    row("software", env(software_text))
+    row("kvbench, commit", lambda d: f"{d['run'].get('kvbench_version')}, {env(commit_text)(d)}")
     row("mode", lambda d: f"{d['run'].get('mode')}, {'quick' if d['run'].get('quick') else 'full'}")
     row("model, formats, tokens/page", lambda d: (
         f"{(d['run'].get('options') or {}).get('model')}, "
@@ -458,7 +440,7 @@ def plot_compare(bench: str, kind: str, metric: str, unit: str, names: list[str]
         ax.set_yticks(range(n), [names[i] for i in idx], fontsize=7)
         ax.invert_yaxis()
         if log:
-            ax.set_xscale("log")
+            log_axis(ax, "x")
         ax.set_xlabel((f"{metric} ({unit})" if unit else metric)
                       + (f", median; error bars: {CI_LEVEL:.0%} CI of the median (the samples' "
                          f"whole range when n <= {SMALL_N})" if cis else ""))

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from kvbench.bench import RunContext
+from kvbench.bench import Skip
 from kvbench.bench import prefix as P
+from kvbench.bench.prefix import common, loads, prefill
 from kvbench.errors import KvbenchError
 from kvbench.results import load
 from kvbench.runner import run_case
@@ -38,28 +40,28 @@ def ctx_for(model, tmp_path, cuda=False, **opts):
 
 # ----------------------------------------------------------------------------- shapes
 def test_prefill_layers_follow_the_model_config():
-    kinds, _ = P.prefill_layers(LLAMA)
-    assert kinds == [P.LayerKind("full", 14336)] * 32
+    kinds, _ = prefill.prefill_layers(LLAMA)
+    assert kinds == [prefill.LayerKind("full", 14336)] * 32
 
-    kinds, notes = P.prefill_layers(load_model("Qwen3-235B-A22B"))
+    kinds, notes = prefill.prefill_layers(load_model("Qwen3-235B-A22B"))
     assert {k.mlp_width for k in kinds} == {8 * 1536} and len(kinds) == 94
     assert any("MoE" in n for n in notes)
 
-    kinds, _ = P.prefill_layers(load_model("GLM-4.5"))  # 3 dense layers, 8 experts + 1 shared
+    kinds, _ = prefill.prefill_layers(load_model("GLM-4.5"))  # 3 dense layers, 8 experts + 1 shared
     assert [k.mlp_width for k in kinds[:4]] == [12288, 12288, 12288, 9 * 1536]
 
-    kinds, _ = P.prefill_layers(load_model("gpt-oss-120b"))  # expert width = intermediate_size
-    assert kinds[0] == P.LayerKind("sliding", 4 * 2880, 128) and kinds[1] == P.LayerKind("full", 4 * 2880)
+    kinds, _ = prefill.prefill_layers(load_model("gpt-oss-120b"))  # expert width = intermediate_size
+    assert kinds[0] == prefill.LayerKind("sliding", 4 * 2880, 128) and kinds[1] == prefill.LayerKind("full", 4 * 2880)
 
-    with pytest.raises(P.Skip, match="MLA"):
-        P.prefill_layers(load_model("DeepSeek-V3"))
+    with pytest.raises(Skip, match="MLA"):
+        prefill.prefill_layers(load_model("DeepSeek-V3"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prefill_writes_kv_of_the_model_shape(dtype):
     m = tiny()
-    kinds, _ = P.prefill_layers(m)
-    pf = P.Prefill(m, 24, kinds, device="cpu", dtype=dtype, seed=0, kv_slots=m.num_layers)
+    kinds, _ = prefill.prefill_layers(m)
+    pf = prefill.Prefill(m, 24, kinds, device="cpu", dtype=dtype, seed=0, kv_slots=m.num_layers)
     out = pf.run_all()
     assert out.shape == (24, m.hidden_size) and torch.isfinite(out).all()
     assert pf.kv.shape == (m.num_layers, 2, 24, m.kv_heads, m.head_dim)
@@ -73,8 +75,8 @@ def test_prefill_writes_kv_of_the_model_shape(dtype):
 def test_llama_layer_kv_bytes_per_token():
     """One Llama-3.1-8B layer (fp32 on the CPU: bf16 matmuls are slow there): K+V per
     token, stored at 2 B per element, = the model's bf16 bytes per token per layer."""
-    kinds, _ = P.prefill_layers(LLAMA)
-    pf = P.Prefill(LLAMA, 4, kinds[:1], device="cpu", dtype=torch.float32, seed=0, kv_slots=1)
+    kinds, _ = prefill.prefill_layers(LLAMA)
+    pf = prefill.Prefill(LLAMA, 4, kinds[:1], device="cpu", dtype=torch.float32, seed=0, kv_slots=1)
     pf.run_one(kinds[0])
     assert pf.kv.shape == (1, 2, 4, 8, 128)
     assert pf.kv[0].numel() // 4 * 2 == LLAMA.kv_bytes_per_token_per_layer("bf16") == 4096
@@ -95,30 +97,30 @@ def _reference_attention(q, k, v, window):
 @pytest.mark.parametrize("attention,window", [("full", 0), ("sliding", 8), ("sliding", 64)])
 def test_attention_matches_reference(attention, window):
     m = tiny()
-    pf = P.Prefill(m, 37, [P.LayerKind("full", 40)], device="cpu", dtype=torch.float32, seed=0, kv_slots=1)
+    pf = prefill.Prefill(m, 37, [prefill.LayerKind("full", 40)], device="cpu", dtype=torch.float32, seed=0, kv_slots=1)
     g = torch.Generator().manual_seed(1)
     q = torch.randn(1, 4, 37, 16, generator=g)
     k, v = torch.randn(1, 2, 37, 16, generator=g), torch.randn(1, 2, 37, 16, generator=g)
-    got = pf.attend(q, k, v, P.LayerKind(attention, 40, window))
+    got = pf.attend(q, k, v, prefill.LayerKind(attention, 40, window))
     want = _reference_attention(q, k, v, window if attention == "sliding" else 37)
     assert torch.allclose(got.double(), want, atol=1e-5)
 
 
 def test_prefill_flops_counts_the_causal_pairs():
     m = tiny(layers=1)
-    full = P.prefill_flops(m, [P.LayerKind("full", 40)], 10)
+    full = prefill.prefill_flops(m, [prefill.LayerKind("full", 40)], 10)
     proj = 48 * (4 + 4) * 16 + 64 * 48 + 3 * 48 * 40
     assert full == 2 * 10 * proj + 4 * 4 * 16 * 55
-    assert P.prefill_flops(m, [P.LayerKind("sliding", 40, 3)], 10) == 2 * 10 * proj + 4 * 4 * 16 * (1 + 2 + 3 * 8)
+    assert prefill.prefill_flops(m, [prefill.LayerKind("sliding", 40, 3)], 10) == 2 * 10 * proj + 4 * 4 * 16 * (1 + 2 + 3 * 8)
 
 
 # ----------------------------------------------------------------------------- loads
 def test_equal_rows_sees_one_byte():
     a = torch.randint(0, 256, (5, 100), dtype=torch.uint8)
     b = a.clone()
-    assert P._equal_rows(b, a)
+    assert loads._equal_rows(b, a)
     b[3, 99] ^= 1
-    assert not P._equal_rows(b, a)
+    assert not loads._equal_rows(b, a)
 
 
 @pytest.mark.parametrize("source", ["dram", "nvme"])
@@ -126,10 +128,10 @@ def test_loads_move_the_exact_bytes(source, tmp_path):
     """40 tokens of a tiny model: 3 pages, the last one partial; file stride padded."""
     m = tiny()
     ctx = ctx_for(m, tmp_path, prefix_chunk_bytes="8KiB", prefix_threads="2")
-    case = (P.dram_case if source == "dram" else P.nvme_case)(ctx, 40)
+    case = (loads.dram_case if source == "dram" else loads.nvme_case)(ctx, 40)
     assert case["status"] == "ok", case["reason"]
     assert case["config"]["pages"] == 3 and case["metrics"]["bytes"] == 3 * 16 * 3 * 128
-    assert case["config"]["device"] == "cpu" and P.CPU_NOTE in case["notes"]
+    assert case["config"]["device"] == "cpu" and common.CPU_NOTE in case["notes"]
     if source == "nvme":
         assert case["config"]["file_stride"] == 8192 and case["config"]["chunk_pages"] == 1
         assert case["config"]["cache_state"] in ("cold", "warm")
@@ -148,9 +150,9 @@ def test_mla_recompute_skips_and_loads_say_why(tmp_path):
 
 def test_bad_options_are_one_line_errors(tmp_path):
     with pytest.raises(KvbenchError, match="prefix.tokens"):
-        P.tokens_sweep(ctx_for(LLAMA, tmp_path, prefix_tokens="64,x"))
+        common.tokens_sweep(ctx_for(LLAMA, tmp_path, prefix_tokens="64,x"))
     with pytest.raises(KvbenchError, match="prefix.sources"):
-        P.sources(ctx_for(LLAMA, tmp_path, prefix_sources="hbm"))
+        common.sources(ctx_for(LLAMA, tmp_path, prefix_sources="hbm"))
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -164,14 +166,14 @@ def test_cli_tiny_run(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     doc = load(out)
     cases = [c for c in doc["cases"] if c["bench"] == "prefix"]
-    assert [c["name"] for c in cases] == [f"{n}tok/{s}" for n in (64, 128) for s in P.SOURCES]
+    assert [c["name"] for c in cases] == [f"{n}tok/{s}" for n in (64, 128) for s in common.SOURCES]
     for c in cases:
         assert c["status"] == "ok" or (c["status"] == "skipped" and c["reason"]), c
         if c["status"] != "ok":
             continue
         assert c["metrics"]["seconds"] > 0 and c["units"]["seconds"] == "s"
         assert c["config"]["device"] == ("cuda" if CUDA_OK else "cpu")
-        assert (P.CPU_NOTE in c["notes"]) == (not CUDA_OK)  # CPU figures are labelled
+        assert (common.CPU_NOTE in c["notes"]) == (not CUDA_OK)  # CPU figures are labelled
         if c["config"]["source"] == "recompute":
             assert c["config"]["layers_timed"] == (32 if CUDA_OK else 1)
             assert c["config"]["layers_scaled_to"] == 32
@@ -192,8 +194,8 @@ def test_cli_tiny_run(tmp_path):
 @requires_cuda
 def test_gpu_prefill_and_attention_paths():
     m = LLAMA
-    kinds, _ = P.prefill_layers(m)
-    pf = P.Prefill(m, 256, kinds[:2], device="cuda", dtype=torch.bfloat16, seed=0, kv_slots=2)
+    kinds, _ = prefill.prefill_layers(m)
+    pf = prefill.Prefill(m, 256, kinds[:2], device="cuda", dtype=torch.bfloat16, seed=0, kv_slots=2)
     out = pf.run_all()
     torch.cuda.synchronize()
     assert pf.kv.shape == (2, 2, 256, 8, 128) and torch.isfinite(out).all()
@@ -211,9 +213,9 @@ def test_gpu_prefill_and_attention_paths():
 @pytest.mark.parametrize("source", ["dram", "nvme"])
 def test_gpu_loads_move_the_exact_bytes(source, tmp_path):
     ctx = ctx_for(LLAMA, tmp_path, cuda=True)
-    case = (P.dram_case if source == "dram" else P.nvme_case)(ctx, 1024)
+    case = (loads.dram_case if source == "dram" else loads.nvme_case)(ctx, 1024)
     assert case["status"] == "ok", case["reason"]
-    assert case["config"]["device"] == "cuda" and P.CPU_NOTE not in case["notes"]
+    assert case["config"]["device"] == "cuda" and common.CPU_NOTE not in case["notes"]
     assert case["metrics"]["bytes"] == 1024 * 131072
 
 

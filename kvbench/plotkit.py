@@ -86,15 +86,17 @@ def log_axis(ax: Any, axis: str = "y", values: Sequence[float] = ()) -> None:
 
 
 def grouped_bars(ax: Any, groups: list[str], series: list[str], value: dict[tuple[str, str], float],
-                 colour: dict[str, str], errs: dict[tuple[str, str], tuple[float, float]] | None = None
-                 ) -> None:
-    """Vertical bars: a group per x position, a bar per series inside it."""
+                 colour: dict[str, str], errs: dict[tuple[str, str], tuple[float, float]] | None = None,
+                 hatch: dict[str, str] | None = None) -> None:
+    """Vertical bars: a group per x position, a bar per series inside it (``hatch``:
+    a pattern per series, e.g. to tell an unfused variant from its fused format)."""
     width = 0.8 / max(len(series), 1)
     for j, s in enumerate(series):
         keys = [(g, s) for g in groups if (g, s) in value]
         xs = [i + (j - (len(series) - 1) / 2) * width for i, g in enumerate(groups) if (g, s) in value]
         yerr = list(zip(*[errs.get(k, (0.0, 0.0)) for k in keys])) if errs and keys else None
         ax.bar(xs, [value[k] for k in keys], width=width, color=colour[s], label=s, yerr=yerr,
+               hatch=(hatch or {}).get(s), edgecolor="white" if (hatch or {}).get(s) else None,
                error_kw={"elinewidth": 0.8, "capsize": 2})
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.grid(axis="y", alpha=0.3)

@@ -71,3 +71,10 @@ def test_run_prints_summary_on_stdout_and_quiet_prints_only_the_path(tmp_path):
     r = subprocess.run([*args, "--quiet"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"{out}\n" and out.exists()
+
+
+def test_short_figures_keep_their_magnitude():
+    from kvbench.report.numbers import fmt_short
+
+    assert [fmt_short(v) for v in (9999, 20000, 100000, 13600, 2.097e6, 0.53)] == \
+        ["9999", "20k", "100k", "13.6k", "2.1M", "0.53"]

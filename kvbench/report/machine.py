@@ -67,7 +67,7 @@ def host_text(env: dict[str, Any], memlock: bool = False) -> str:
     out = (f"{h.get('cpu_model') or 'unknown CPU'}, {cores or '?'} cores "
            f"({h.get('cpu_cores_logical') or '?'} logical), {gib(h.get('memory_total_bytes'))} RAM, "
            f"{len(numa) or '?'} NUMA node(s)")
-    if memlock:
+    if memlock and "memlock_limit_bytes" in h:
         lim = h.get("memlock_limit_bytes")
         out += f", memlock {'unlimited' if lim is None else fmt_bytes(lim)}"
         if lim is not None and h.get("memlock_limit_applies") is False:
@@ -126,11 +126,12 @@ def machine_lines(env: dict[str, Any]) -> list[str]:
         lines.append(f"GPU: {gpu_text(env)}")
     for g in gpus:
         numa = g.get("numa_node") if g.get("numa_node") is not None else "?"
-        lines.append(f"GPU{g.get('index', '')}: {g.get('name') or '?'}, {gib(g.get('memory_total_bytes'))}, "
+        cc = f", sm {g['compute_capability']}" if g.get("compute_capability") else ""
+        lines.append(f"GPU{g.get('index', '')}: {g.get('name') or '?'}, {gib(g.get('memory_total_bytes'))}{cc}, "
                      f"{pcie_text(g)}, NUMA {numa}")
     cuda = env.get("cuda")
     if cuda:
-        lines.append(f"CUDA (torch): {cuda.get('torch_cuda_version')}, {cuda.get('device_count')} device(s)"
+        lines.append(f"CUDA (torch): {cuda.get('torch_cuda_version') or '?'}, {cuda.get('device_count') or '?'} device(s)"
                      if cuda.get("available") else f"CUDA (torch): unavailable ({cuda.get('reason')})")
     nv = env.get("nvme")
     if nv:

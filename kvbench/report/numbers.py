@@ -34,8 +34,8 @@ def fmt_short(v: Any) -> str:
     if not is_num(v):
         return ""
     a = abs(v)
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e4, "k")):
-        if a >= scale:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if a >= max(scale, 1e4):  # below 10,000 the figure itself is short enough
             return f"{v / scale:.3g}{suffix}"
     return fmt_num(v)
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from kvbench import __version__
 from kvbench.errors import KvbenchError
+from kvbench.results import check_folder, check_output
 
 DEFAULT_MODEL = "Llama-3.1-8B"
 DEFAULT_FORMATS = ("fp16", "fp8_e4m3", "nvfp4")
@@ -25,11 +26,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"kvbench: error: {message} (see '{self.prog} --help')\n")
 
 
-def csv_values(values: list[str] | None) -> list[str]:
-    """Repeatable, comma-separable option values, flattened: ['a,b', 'c'] -> [a, b, c]."""
+def csv_values(values: list[str] | None, flag: str = "") -> list[str]:
+    """Repeatable, comma-separable option values, flattened: ['a,b', 'c'] -> [a, b, c].
+    An option given but empty (``--bench ""``) is a one-line error naming ``flag``: it
+    would otherwise silently mean the default selection."""
     out: list[str] = []
     for v in values or []:
         out.extend(x.strip() for x in v.split(",") if x.strip())
+    if values is not None and not out:
+        raise KvbenchError(f"{flag or 'option'} is empty: give at least one value")
     return out
 
 
@@ -127,6 +132,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ run
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a run: ends it as Ctrl-C does (finished cases written, status
+    "interrupted"), but exits 143 rather than 130."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from kvbench.bench import RunContext, check_options, registry, select
     from kvbench.spec import LAYOUTS, PageSpec, get_format, load_model
@@ -140,12 +150,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.plan_as_gpu and not args.dry_run:
         raise KvbenchError("--plan-as-gpu only plans: it needs --dry-run")
-    benches = select(csv_values(args.bench))
+    benches = select(csv_values(args.bench, "--bench"))
     model = load_model(args.model)
-    formats = csv_values(args.format) or list(DEFAULT_FORMATS)
+    formats = csv_values(args.format, "--format") or list(DEFAULT_FORMATS)
     for f in formats:
         get_format(f)
-    layouts = csv_values(args.layout) or list(LAYOUTS)
+    layouts = csv_values(args.layout, "--layout") or list(LAYOUTS)
     for lay in layouts:
         if lay not in LAYOUTS:
             raise KvbenchError(f"unknown layout {lay!r}; known: {', '.join(LAYOUTS)}")
@@ -159,6 +169,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         k, v = kv.split("=", 1)
         options[k.strip()] = v.strip()
     check_options(options, benches)
+    if args.cases is not None and any(not c.strip() for c in args.cases):
+        raise KvbenchError("--cases is empty: give a regex (an empty one would select every case)")
+    if args.output and not args.dry_run:  # never clobber a result, never fail at the end
+        check_output(Path(args.output), "--output", force=args.force)
     cuda = cuda_available()
     if not cuda:
         # Triton kernels run in its interpreter on the CPU (correctness, not speed);
@@ -178,11 +192,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     nvme_dir, owned = make_nvme_workdir(args.nvme_dir)
     console = stderr_console()
     try:
-        check_pages_fit(model, formats, args.tokens_per_page, layouts, nvme_dir, cuda)
+        check_pages_fit(model, formats, args.tokens_per_page, layouts, nvme_dir, cuda,
+                        benches=None if args.dry_run else benches, quick=quick, options=options,
+                        cases=args.cases)  # a dry run allocates nothing: no footprint check
         env = collect_environment(nvme_dir=nvme_dir)
         output = Path(args.output) if args.output else default_output(env)
-        if output.exists() and output.is_dir():
-            raise KvbenchError(f"--output {output} is a directory")
+        if not args.dry_run and not args.output:  # the default's folder is created if missing
+            check_output(output, "--output", force=args.force, must_exist=False)
         ctx = RunContext(
             cuda=plan_cuda, quick=quick, model=model, formats=formats,
             tokens_per_page=args.tokens_per_page, layouts=layouts, nvme_dir=nvme_dir,
@@ -193,15 +209,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         import signal
 
         def _terminate(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt  # SIGTERM (e.g. `timeout`) ends the run like Ctrl-C
+            raise Terminated  # SIGTERM (e.g. `timeout`) ends the run like Ctrl-C
 
         previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             doc, path = run(benches, ctx, output, argv=sys.argv[1:], console=console,
                             progress=not (args.no_progress or args.quiet), cases=args.cases)
-        except KeyboardInterrupt:
-            console.print(f"kvbench: interrupted; finished cases written to {output}")
-            return 130
+        except KeyboardInterrupt as exc:
+            # 128 + the signal's number, as shells and `timeout` report: 130 SIGINT, 143 SIGTERM
+            term = isinstance(exc, Terminated)
+            console.print(f"kvbench: interrupted{' (SIGTERM)' if term else ''}; "
+                          f"finished cases written to {output}", markup=False, highlight=False)
+            return 143 if term else 130
         finally:
             signal.signal(signal.SIGTERM, previous)
         if args.quiet:
@@ -272,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the first disk-backed of $KVBENCH_NVME_DIR, $TMPDIR, /var/tmp, /tmp, ., "
                           "removed after)")
     run.add_argument("-o", "--output", metavar="PATH",
-                     help="result file (default results/<hardware>-<host>-<utc>.json)")
+                     help="result file (default results/<hardware>-<host>-<utc>.json); its folder "
+                          "must exist and be writable; an existing file is refused unless --force")
+    run.add_argument("--force", action="store_true", help="overwrite an existing --output file")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="quick", action="store_true", default=None,
                       help="small sizes, few samples (default without a GPU)")
@@ -312,14 +333,27 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_report(args: argparse.Namespace) -> int:
     from kvbench.report.run_report import report
 
-    report(args.result, plot_dir=args.plot_dir, html_path=args.html, benches=csv_values(args.bench))
+    _check_report_outputs(args)
+    report(args.result, plot_dir=args.plot_dir, html_path=args.html,
+           benches=csv_values(args.bench, "--bench"))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from kvbench.report.compare import compare
 
-    compare(args.results, plot_dir=args.plot_dir, html_path=args.html, benches=csv_values(args.bench))
+    _check_report_outputs(args)
+    compare(args.results, plot_dir=args.plot_dir, html_path=args.html,
+            benches=csv_values(args.bench, "--bench"))
+
+
+def _check_report_outputs(args: argparse.Namespace) -> None:
+    """--html and --plot-dir that cannot be written fail in one line before any work
+    (they are derived files: overwritten without --force)."""
+    if args.html:
+        check_output(Path(args.html), "--html", must_exist=False)
+    if args.plot_dir:
+        check_folder(Path(args.plot_dir), f"--plot-dir {args.plot_dir}", must_exist=False)
     return 0
 
 

@@ -4,8 +4,8 @@ Schema ``kvbench.result/1`` (documented in docs/results.md)::
 
     {
       "schema": "kvbench.result/1",
-      "run":         {id, started_utc, finished_utc, status, command, kvbench_version,
-                      benches, mode, options},
+      "run":         {id, started_utc, finished_utc, status, checkpoint_utc, writer,
+                      command, kvbench_version, benches, mode, options},
       "environment": {...}           # kvbench.env.collect_environment()
       "method":      {...}           # timing method, warm-up, samples, units, counting
       "cases":       [case, ...]
@@ -30,11 +30,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from kvbench.errors import KvbenchError
+from kvbench.owner import pid_alive, short_host
 
 SCHEMA = "kvbench.result/1"
 SCHEMA_NAME, SCHEMA_VERSION = SCHEMA.split("/")
@@ -107,10 +111,13 @@ def _umask() -> int:
 def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
     """Write bytes to ``path`` through a temp file in the same folder, fsync, then
     os.replace: a reader (or an interrupted run) never sees a half-written file, and
-    the temp file is removed on any failure, KeyboardInterrupt included."""
+    the temp file is removed on any failure, KeyboardInterrupt included. The temp
+    file's name (``.NAME.PID@HOST.XXXX.tmp``, made by mkstemp: O_EXCL, 0600) names its
+    writer, so one a ``kill -9`` left behind is found later (clean_stale_temps)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{short_host()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -123,6 +130,41 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def clean_stale_temps(folder: Path | str, *, log: Any = None) -> list[Path]:
+    """Remove the temp files of write_bytes_atomic in ``folder`` whose writer is gone:
+    kvbench's own naming only, this host and this user only, regular files only (a
+    symlink is never followed or removed). Says what it removed on stderr (or ``log``).
+    Returns the paths removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    host, uid = short_host(), os.getuid()
+    for e in entries:
+        m = _TEMP_RE.match(e.name)
+        if not m or m["host"] != host:
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+            continue
+        if pid_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(e.path)
+            removed.append(Path(e.path))
+            print(f"kvbench: removed stale temp file {e.path} (left by pid {m['pid']}, no longer running)",
+                  file=log or sys.stderr)
+    return removed
 
 
 def write_atomic(path: Path | str, doc: dict[str, Any]) -> Path:
@@ -179,6 +221,8 @@ def load(path: Path | str) -> dict[str, Any]:
         raise KvbenchError(f"{path}: is a directory, not a result file") from None
     except UnicodeDecodeError:
         raise KvbenchError(f"{path}: not a text file") from None
+    except OSError as exc:  # permission denied, an I/O error, ...: one line, not a traceback
+        raise KvbenchError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -199,3 +243,37 @@ def find_cases(doc: dict[str, Any], bench: str | None = None, status: str | None
         if all(c["config"].get(k) == v for k, v in config.items()):
             out.append(c)
     return out
+
+
+# ---------------------------------------------------------------------------- output paths
+def check_output(path: Path, flag: str, *, force: bool = True, must_exist: bool = True) -> None:
+    """Refuse, in one line and before anything runs, an output file that cannot be
+    written: a directory, an existing file (unless ``force``), or a folder that cannot
+    be written into (see check_folder)."""
+    if path.is_dir():
+        raise KvbenchError(f"{flag} {path}: is a directory")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise KvbenchError(f"{flag} {path}: exists; give --force to overwrite it")
+    check_folder(path.parent, f"{flag} {path}", must_exist=must_exist)
+
+
+def check_folder(folder: Path, what: str, *, must_exist: bool = True) -> None:
+    """One-line KvbenchError (prefixed ``what``) unless files can be written in
+    ``folder``: it does not exist (or, ``must_exist=False``, its nearest existing
+    parent, where it will be created, cannot be written), is not a folder, or is
+    read-only. Probed by creating and removing a temp file, so read-only mounts and
+    immutable folders count, even for root."""
+    import tempfile
+
+    if not must_exist:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+    if not folder.exists():
+        raise KvbenchError(f"{what}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise KvbenchError(f"{what}: {folder} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".kvbench-probe-"):
+            pass
+    except OSError as exc:
+        raise KvbenchError(f"{what}: cannot write in {folder}: {exc.strerror or exc}") from None

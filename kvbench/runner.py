@@ -6,11 +6,11 @@ prints a summary table. On Ctrl-C it writes what finished, marked ``interrupted`
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
 import socket
 import sys
-import tempfile
 import traceback
 import uuid
 from pathlib import Path
@@ -19,7 +19,8 @@ from typing import Any
 from kvbench import __version__
 from kvbench.bench import Benchmark, Case, RunContext, Skip
 from kvbench.errors import KvbenchError
-from kvbench.results import SCHEMA, make_case, skipped_case, write_atomic
+from kvbench.owner import process_identity
+from kvbench.results import SCHEMA, clean_stale_temps, make_case, skipped_case, write_atomic
 from kvbench.tiers.dram import release_pinned
 from kvbench.tiers.nvme import MIN_NVME_FREE_BYTES  # also read from here
 from kvbench.timing import method_block
@@ -137,6 +138,10 @@ def run_case(bench: Benchmark, case: Case, ctx: RunContext) -> dict[str, Any]:
     try:
         if ctx.cuda:
             _release_gpu_memory()
+        if case.footprint is not None:  # refuse before the case allocates anything
+            from kvbench.footprint import check_footprint
+
+            check_footprint(case.footprint(ctx), ctx.nvme_dir)
         result = case.run(ctx)
     except Skip as exc:
         return skipped_case(bench.key, case.name, case.config, str(exc))
@@ -168,6 +173,8 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
             "started_utc": _utc(),
             "finished_utc": None,
             "status": "running",
+            "checkpoint_utc": None,
+            "writer": process_identity(),
             "command": ["kvbench", *argv],
             "kvbench_version": __version__,
             "benches": [b.key for b in benches],
@@ -189,6 +196,12 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
         "cases": ctx.done,
     }
     planned = select_cases(plan_all(benches, ctx), cases, ctx.cuda)
+    clean_stale_temps(output.parent)  # temp files an earlier kill -9 left beside its result
+
+    def checkpoint() -> None:
+        doc["run"]["checkpoint_utc"] = _utc()
+        write_atomic(output, doc)
+
     try:
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -208,7 +221,7 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
                 bar.advance(task)
                 # checkpoint: a run killed outright (OOM, SIGKILL) still leaves every
                 # finished case in a whole file, marked "running"
-                write_atomic(output, doc)
+                checkpoint()
             bar.update(task, case="done")
         doc["run"]["status"] = "complete"
     except KeyboardInterrupt:
@@ -219,7 +232,7 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
         doc["run"]["finished_utc"] = _utc()
         if doc["run"]["status"] == "running":
             doc["run"]["status"] = "failed"
-        write_atomic(output, doc)
+        checkpoint()
     return doc, output
 
 
@@ -228,9 +241,17 @@ def make_nvme_workdir(base: str | None) -> tuple[Path, bool]:
     the caller must remove, inside the first disk-backed default candidate
     (kvbench.tiers.nvme.default_nvme_dir: $KVBENCH_NVME_DIR, $TMPDIR, /var/tmp, /tmp,
     the current directory; /tmp may be tmpfs or an overlay on a GPU machine). Why it
-    was chosen goes to the environment block. Returns (path, owned)."""
-    from kvbench.tiers.nvme import NVME_MARGIN_MIN_BYTES, NvmeTier, default_nvme_dir, record_choice
+    was chosen goes to the environment block. Returns (path, owned).
 
+    First the folders an earlier kvbench killed outright left there are removed
+    (kvbench.tiers.nvme.remove_stale_dirs: kvbench's own, this host's and user's, their
+    owner process gone), in --nvme-dir or in every default candidate."""
+    from kvbench.tiers.nvme import (NVME_MARGIN_MIN_BYTES, NvmeTier, default_nvme_dir, make_owned_dir,
+                                    nvme_dir_candidates, record_choice, remove_stale_dirs)
+
+    for cand in ([base] if base is not None else [p for _name, p in nvme_dir_candidates()]):
+        if cand and os.path.isdir(cand):
+            remove_stale_dirs(cand)
     if base is not None:
         tier = NvmeTier(base)
         tier.validate_dir()
@@ -243,7 +264,7 @@ def make_nvme_workdir(base: str | None) -> tuple[Path, bool]:
         return Path(base), False
     choice = default_nvme_dir()
     try:
-        path = Path(tempfile.mkdtemp(prefix="kvbench-nvme-", dir=choice.path))
+        path = make_owned_dir("kvbench-nvme-", choice.path)
     except OSError as exc:
         raise KvbenchError(f"cannot create a folder in {choice.path}: {exc.strerror}") from None
     record_choice(path, choice.reason)
@@ -251,8 +272,14 @@ def make_nvme_workdir(base: str | None) -> tuple[Path, bool]:
 
 
 def check_pages_fit(model: Any, formats: list[str], tokens: int, layouts: list[str],
-                    nvme_dir: Path, cuda: bool) -> None:
-    """Bad input before anything runs: a page larger than a tier can hold."""
+                    nvme_dir: Path, cuda: bool, *, benches: list[Benchmark] | None = None,
+                    quick: bool = False, options: dict[str, str] | None = None,
+                    cases: list[str] | None = None) -> None:
+    """Bad input before anything runs: a page larger than a tier can hold, or (given the
+    selected ``benches``, with the run's ``quick``, ``options`` and ``--cases``) a case
+    whose declared footprint (Case.footprint, kvbench.footprint) exceeds what a tier has
+    free after its margin, nothing being held yet: the largest such case refuses the
+    whole run with one line (KvbenchError, exit 2), before anything is allocated."""
     from kvbench.spec import PageSpec, get_format
     from kvbench.tiers import TIERS
     from kvbench.units import fmt_bytes
@@ -271,6 +298,43 @@ def check_pages_fit(model: Any, formats: list[str], tokens: int, layouts: list[s
                 f"a page of {fmt_bytes(biggest.page_bytes)} ({model.name}, {biggest.fmt.name}, "
                 f"{tokens} tokens, layout {biggest.layout}) is larger than tier {tier.label} can hold "
                 f"({fmt_bytes(free)} available)")
+    if benches is not None:
+        _check_largest_case(benches, RunContext(
+            cuda=cuda, quick=quick, model=model, formats=formats, tokens_per_page=tokens,
+            layouts=layouts, nvme_dir=nvme_dir, warmup=0, samples=1, options=dict(options or {})),
+            cases)
+
+
+def _check_largest_case(benches: list[Benchmark], ctx: RunContext, cases: list[str] | None) -> None:
+    """KvbenchError when no case that declares its footprint fits (the run could only
+    skip them all), naming the one furthest over. When some fit, the others are
+    skipped one by one with their numbers (run_case)."""
+    from kvbench.footprint import by_tier_kind, refusal, tier_free
+
+    all_cases = plan_all(benches, ctx)  # a bad option fails here, before anything runs
+    try:
+        planned = select_cases(all_cases, cases, ctx.cuda)
+    except KvbenchError:
+        return  # --cases selects nothing this machine would plan: the real selection says so
+    free: dict[str, int | None] = {}
+    worst, fits = None, 0
+    for bench, case in planned:
+        if isinstance(case, dict) or case.footprint is None:
+            continue
+        need = case.footprint(ctx)
+        for kind in by_tier_kind(need):
+            if kind not in free:
+                free[kind] = tier_free(kind, ctx.nvme_dir)
+        if any(free.get(k) is None for k in by_tier_kind(need)):
+            continue  # a tier it needs is unavailable here: the case skips on its own
+        err = refusal(need, free)
+        fits += err is None
+        if err is not None and (worst is None or err.need - err.free > worst[2].need - worst[2].free):
+            worst = (bench, case, err)
+    if worst is not None and not fits:
+        bench, case, err = worst
+        raise KvbenchError(f"case {bench.key}/{case.name} {err} ({ctx.model.name}, "
+                           f"{ctx.tokens_per_page} tokens per page): nothing was run")
 
 
 def remove_workdir(path: Path, owned: bool) -> None:

@@ -255,7 +255,7 @@ stage_tests() {
              run_capped "$sub" "$log1" python3 -m pytest "${STORE_TESTS[@]}" ;;
       probe) echo "kvbench run $(quoted "${PROBE[@]}")" >> "$log1"
              run_capped "$sub" "$log1" python3 -m kvbench run "${PROBE[@]}" --no-progress \
-               --nvme-dir "$NVME_DIR" -o "$WORK/probe.json" ;;
+               --nvme-dir "$NVME_DIR" -o "$WORK/probe.json" --force ;;
       gpu)   echo "python3 -m pytest $(quoted "${GPU_TESTS[@]}")" >> "$log1"
              run_capped "$sub" "$log1" python3 -m pytest "${GPU_TESTS[@]}" ;;
     esac
@@ -278,7 +278,7 @@ stage_bench() {  # stage_bench N NAME CAP ARGS...
   : > "$WORK/$name.out"
   echo "kvbench run $(quoted "$@")" >> "$WORK/$name.out"
   run_capped "$cap" "$WORK/$name.out" python3 -m kvbench run "$@" --no-progress \
-    --nvme-dir "$NVME_DIR" -o "$OUT/$name.json"
+    --nvme-dir "$NVME_DIR" -o "$OUT/$name.json" --force
   local status=ok
   [ "$RC" = 0 ] || { status=FAILED; FAILED=1; }
   log "stage $n $name: $status ($(describe_rc "$RC" "$cap"), ${DUR} s, cap $cap s) $(produced "$name.json")"

@@ -8,15 +8,26 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "kvbench"
 
 
+def _package_of(path: Path) -> list[str]:
+    """The dotted package a file sits in, from the repository root ('kvbench.bench')."""
+    return list(path.resolve().relative_to(PKG.parent).parent.parts)
+
+
 def imported_modules(path: Path) -> set[str]:
-    """Every module a file imports (top level or inside functions)."""
+    """Every module a file imports (top level or inside functions; relative imports
+    resolved against the file's package)."""
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module)
-            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = _package_of(path)[: len(_package_of(path)) - node.level + 1]
+                module = ".".join([*base, *([module] if module else [])])
+            if module:
+                out.add(module)
+                out.update(f"{module}.{a.name}" for a in node.names)
     return out
 
 
@@ -78,11 +89,12 @@ def test_lower_layers_import_no_benchmark():
 #: floors, lowest first: a module may import modules of its own floor or below, never
 #: above; prefixes are matched longest first
 FLOORS = [
-    ("ground", ("kvbench.units", "kvbench.errors", "kvbench.mounts", "kvbench.stats")),
+    ("ground", ("kvbench.units", "kvbench.errors", "kvbench.mounts", "kvbench.stats", "kvbench.owner")),
     ("spec and formats", ("kvbench.spec", "kvbench.formats", "kvbench.plotkit")),
     ("machine, tiers, movers, kernels",
      ("kvbench.env", "kvbench.timing", "kvbench.tiers", "kvbench.movers", "kvbench.store",
-      "kvbench.kernels_loader", "kvbench.attention", "kvbench.quantized_pages", "kernels")),
+      "kvbench.kernels_loader", "kvbench.attention", "kvbench.quantized_pages", "kvbench.footprint",
+      "kernels")),
     ("results", ("kvbench.results",)),
     ("measurement", ("kvbench.measure",)),
     ("benchmarks", ("kvbench.bench",)),

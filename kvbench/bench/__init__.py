@@ -15,6 +15,7 @@ summary table.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from typing import Any, Callable
 from kvbench.errors import Skip  # noqa: F401 - benchmarks raise it as kvbench.bench.Skip
 
 #: Registry keys in the order a full run takes them.
-BENCH_MODULES = ("roundtrip", "transfer", "accuracy", "decode", "prefix")
+BENCH_MODULES = ("roundtrip", "transfer", "accuracy", "decode", "prefix", "soak")
 
 #: What `kvbench run` runs with no --bench.
 DEFAULT_BENCHES = ("roundtrip", "transfer", "accuracy", "decode", "prefix")
@@ -105,12 +106,73 @@ class RunContext:
         except ValueError:
             raise KvbenchError(f"--set {key}={self.options[key]!r}: not a valid value") from None
 
+    def opt_int(self, key: str, default: int, minimum: int = 1, maximum: int | None = None,
+                why: str = "") -> int:
+        """An integer option (``--set key=N``) with ``minimum <= N <= maximum``; a one-line
+        error naming the option otherwise (``why`` says where the maximum comes from)."""
+        from kvbench.errors import KvbenchError
+
+        if key not in self.options:
+            return default
+        text = self.options[key]
+        try:
+            v = int(text)
+        except ValueError:
+            raise KvbenchError(f"--set {key}={text!r}: not an integer") from None
+        if v < minimum:
+            raise KvbenchError(f"--set {key}={text}: must be "
+                               + ("positive" if minimum == 1 else f"at least {minimum}"))
+        if maximum is not None and v > maximum:
+            raise KvbenchError(f"--set {key}={text}: must be at most {maximum:,}"
+                               + (f" ({why})" if why else ""))
+        return v
+
+    def opt_size(self, key: str, default: int, max_bytes: int | None = None, where: str = "") -> int:
+        """A byte size option (``--set key=64MiB``, see kvbench.units.parse_size): positive
+        and at most ``max_bytes`` (what the tier named by ``where`` can hold)."""
+        from kvbench.errors import KvbenchError
+        from kvbench.units import GB, parse_size
+
+        if key not in self.options:
+            return default
+        text = self.options[key]
+        try:
+            v = parse_size(text)
+        except ValueError as exc:
+            raise KvbenchError(f"--set {key}={text}: {exc}") from None
+        if max_bytes is not None and v > max_bytes:
+            raise KvbenchError(f"--set {key}={text}: {v:,} B is more than {where or 'the tier'} "
+                               f"can hold ({max_bytes / GB:,.1f} GB)")
+        return v
+
+    def host_memory_bytes(self) -> int | None:
+        """Total host memory in bytes (what the dram tier can hold at most), or None."""
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+    def disk_free_bytes(self) -> int | None:
+        """Free bytes on the disk under nvme_dir (what the nvme tier can hold), or None."""
+        import shutil
+
+        if not self.nvme_dir:
+            return None
+        try:
+            return shutil.disk_usage(self.nvme_dir).free
+        except OSError:
+            return None
+
 
 @dataclass
 class Case:
     name: str
     config: dict[str, Any]
     run: Callable[[RunContext], dict[str, Any]]
+    #: bytes the case holds at once, by kind ("device", "pinned", "pageable", "file":
+    #: kvbench.footprint), or None when it holds little; the runner checks it against
+    #: what the tiers have free before ``run`` and records a skip with the numbers
+    footprint: Callable[[RunContext], dict[str, int]] | None = None
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,7 @@ def _formats(ctx: RunContext) -> list[str]:
 def _sizes(ctx: RunContext, source: str) -> tuple[int, int]:
     default = {("synthetic", True): 512, ("synthetic", False): 4096,
                ("llama_random", True): 256, ("llama_random", False): 2048}[(source, ctx.quick)]
-    tokens = ctx.opt("accuracy.tokens", default, int)
-    if tokens < 2:
-        raise KvbenchError("--set accuracy.tokens must be at least 2")
+    tokens = ctx.opt_int("accuracy.tokens", default, minimum=2)
     return tokens, min(64 if not ctx.quick else 16, tokens // 2)
 
 
@@ -96,7 +94,9 @@ def _speed_case(fmt: str, config: dict[str, Any]):
 def plan(ctx: RunContext) -> list[Case]:
     from kvbench.formats.data import SOURCES
 
-    sources = [s for s in ctx.opt("accuracy.sources", ",".join(SOURCES)).split(",") if s]
+    sources = [s.strip() for s in ctx.opt("accuracy.sources", ",".join(SOURCES)).split(",") if s.strip()]
+    if not sources:
+        raise KvbenchError(f"--set accuracy.sources: no sources given; known: {', '.join(SOURCES)}")
     for s in sources:
         if s not in SOURCES:
             raise KvbenchError(f"unknown accuracy source {s!r}; known: {', '.join(SOURCES)}")
@@ -109,7 +109,11 @@ def plan(ctx: RunContext) -> list[Case]:
             cfg = {"format": fmt, "source": source, "tokens": tokens, "q_tokens": q_tokens,
                    "seed": ctx.seed, "model": model.name if source == "synthetic" else "llama_random"}
             cases.append(Case(f"{source}/{fmt}", cfg, _accuracy_case(source, fmt)))
-    if ctx.opt("accuracy.speed", 1, int):
+    _sizes(ctx, sources[0])  # a bad --set accuracy.tokens fails before anything runs
+    speed = ctx.opt("accuracy.speed", "1").strip()
+    if speed not in ("0", "1"):
+        raise KvbenchError(f"--set accuracy.speed={speed!r}: expected 0 or 1")
+    if speed == "1":
         from kvbench.measure.speed import speed_config
 
         for fmt in formats:
@@ -183,12 +187,14 @@ def highlights(doc: dict[str, Any]) -> Highlights | None:
     if not cases:
         return None
     first = cases[0]["config"].get("source")
+    speed = {c["config"].get("format"): c["metrics"] for c in find_cases(doc, KEY) if "dequant_gbps" in c["metrics"]}
     rows = [[c["config"].get("format"), c["metrics"].get("bits_per_element"), c["metrics"].get("k_rel_err"),
-             c["metrics"].get("v_rel_err"), c["metrics"].get("attn_rel_err")]
+             c["metrics"].get("v_rel_err"), c["metrics"].get("attn_rel_err"),
+             speed.get(c["config"].get("format"), {}).get("dequant_pct_of_copy")]
             for c in cases if c["config"].get("source") == first]
-    return Highlights(f"accuracy: error per format ({first} K/V)",
+    return Highlights(f"accuracy: error per format ({first} K/V), and its dequantize kernel against a copy",
                       [("format", ""), ("bits/element", "bits"), ("K rel err", ""), ("V rel err", ""),
-                       ("attention rel err", "")], rows)
+                       ("attention rel err", ""), ("dequantize, % of copy", "%")], rows)
 
 
 BENCH = Benchmark(
@@ -198,7 +204,8 @@ BENCH = Benchmark(
     available=available,
     headline="attn_rel_err",
     headline_unit="",
-    columns=("k_rel_err", "v_rel_err", "bits_per_element", "compression_vs_fp16", "pct_of_copy"),
+    columns=("k_rel_err", "v_rel_err", "bits_per_element", "compression_vs_fp16", "quant_gbps",
+             "dequant_gbps", "copy_gbps", "quant_pct_of_copy", "dequant_pct_of_copy"),
     plots=(Plot("accuracy_error_vs_bits.png", plot_errors),),
     highlights=highlights,
     options={

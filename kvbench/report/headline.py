@@ -28,6 +28,26 @@ def counts_line(cases: list[dict[str, Any]]) -> str:
     return line
 
 
+def status_warning(run: dict[str, Any]) -> str | None:
+    """The headline warning of a run that did not complete. One still "running" in
+    its file is abandoned (killed outright: no writer sets that status last); whether
+    its writer (``run.writer``) still runs is checked when it ran on this host."""
+    from kvbench.owner import owner_alive
+
+    status = run.get("status")
+    if status == "complete":
+        return None
+    if status != "running":
+        return f"run status is {status!r}: only the cases that finished are in the file"
+    w = run.get("writer") or {}
+    alive = owner_alive(w) if w else None
+    state = {True: "still running: this may be a live run", False: "no longer running",
+             None: "could not be checked: " + ("another host" if w.get("host") else "not recorded")}[alive]
+    who = f"written by pid {w.get('pid')} on {w.get('host')}" if w else "writer not recorded"
+    return (f"run abandoned: status running, last checkpoint {run.get('checkpoint_utc') or 'not recorded'}, "
+            f"{who} ({state}); only the cases that finished are in the file")
+
+
 def flag_lines(cases: list[dict[str, Any]]) -> list[str]:
     """What each flag present means, a line each."""
     return [f"{f}: {FLAG_WORDS.get(f, 'flagged by its benchmark (see the case notes)')}"

@@ -59,7 +59,7 @@ def summary_table(doc: dict[str, Any]) -> Any:
                                   med, cv, _pct(c)]))
     cols = [("case", {"overflow": "fold", "ratio": 1, "min_width": 16}), ("status", {"no_wrap": True}),
             ("median", {"justify": "right", "no_wrap": True}), ("cv", {"justify": "right", "no_wrap": True}),
-            ("% of ceiling [95% CI]", {"justify": "right", "no_wrap": True})]
+            ("% of ceiling or roofline [95% CI]", {"justify": "right", "no_wrap": True})]
     keep = [i for i in range(len(cols)) if i < 2 or any(r[i] for _b, r in rows)]
     run = doc["run"]
     t = Table(title=f"kvbench {run['mode']} run {run['id']} ({run['status']}); GB = 1e9 B",
@@ -86,6 +86,21 @@ def _reasons(doc: dict[str, Any]) -> list[str]:
     return [f"{status} ({len(names)}): {reason}: {', '.join(names)}" for (status, reason), names in groups.items()]
 
 
+def nvme_backing_line(env: dict[str, Any]) -> str | None:
+    """'nvme tier: DIR is RAM-backed (tmpfs): ...' when the nvme folder is not on a
+    disk (environment.nvme.backing, kvbench.mounts.fs_backing); None on a disk."""
+    nv = env.get("nvme") or {}
+    backing = nv.get("backing")
+    if not nv or backing in (None, "disk"):
+        return None
+    fs = nv.get("fs_type") or "unknown filesystem"
+    what = {"ram": f"RAM-backed ({fs}): its figures measure memory, not a disk",
+            "overlay": f"an overlay ({fs}): it may not be a disk",
+            "network": f"a network filesystem ({fs}): its figures measure the network, not a local disk",
+            }.get(backing, f"of unknown backing ({fs}): it may not be a disk")
+    return f"nvme tier: {nv.get('dir')} is {what}"
+
+
 def print_summary(doc: dict[str, Any], console: Any) -> None:
     """The summary table, the marks' meaning, the PCIe limit, reasons and counts."""
     from rich.text import Text
@@ -102,6 +117,9 @@ def print_summary(doc: dict[str, Any], console: Any) -> None:
                                f"(now Gen{g.get('pcie_gen_current')} x{g.get('pcie_width_current')}), physical "
                                f"limit {lim:.1f} GB/s per direction, {2 * lim:.1f} GB/s both (NVML); "
                                "figures above it are errors"))
+    line = nvme_backing_line(doc["environment"])
+    if line:
+        console.print(Text(line, style="yellow"))
     for line in _reasons(doc):
         console.print(Text(line, style="dim"))
     line = counts_line(doc["cases"])

@@ -82,6 +82,16 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise KvbenchError(f"--plot {args.plot}: the plot is a PNG; give a path ending in .png")
     sweep_spec = parse_sweep(args.sweep) if args.sweep else None
+    # outputs that cannot be written fail in one line before any work; they are derived
+    # files (like kvbench report --html), so an existing one is overwritten
+    from pathlib import Path
+
+    from kvbench.results import check_output
+
+    if args.json and args.json != "-":
+        check_output(Path(args.json), "--json", must_exist=False)
+    if args.plot:
+        check_output(Path(args.plot), "--plot", must_exist=False)
 
     scn = load_scenario(args.scenario)
     assumed = compute(scn)

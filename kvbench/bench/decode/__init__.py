@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from kvbench.bench import Benchmark, Case, Plot, RunContext
 from kvbench.bench.decode import plots
-from kvbench.bench.decode.common import BENCH_KEY, PLACEMENTS, _budget, _nvme_threads, _tiles, shapes
+from kvbench.bench.decode.common import BENCH_KEY, PLACEMENTS, _budget, _hot_window, _nvme_threads, _tiles, shapes
 from kvbench.bench.decode.cpu import cpu_reference_case, kernel_check_case
 from kvbench.bench.decode.hbm import hbm_case
 from kvbench.bench.decode.lower import prefetch_case, zero_copy_case
@@ -65,6 +65,7 @@ def plan(ctx: RunContext) -> list[Case]:
         _tiles(ctx)  # so does a malformed --set decode.tiles
     _nvme_threads(ctx)  # and a thread count below 1
     _budget(ctx)  # and a budget that is not a positive number of seconds
+    _hot_window(ctx)  # and a window below 1 token (read here on a CPU machine too)
     cases: list[Case] = []
     add = lambda name, fn: cases.append(Case(name, {}, fn))  # noqa: E731
     fmts = ctx.formats
@@ -89,7 +90,7 @@ def plan(ctx: RunContext) -> list[Case]:
             add(f"hbm/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: hbm_case(c, f, b, n, True))
             if get_format(f).quantized:
                 add(f"hbm/{f}/{b}x{n}/unfused", lambda c, f=f, b=b, n=n: hbm_case(c, f, b, n, False))
-    window = ctx.opt("decode.hot_window", 1024, int)
+    window = _hot_window(ctx)
     for f in ordered:
         for b, n in shapes(ctx, "dram_prefetch"):
             add(f"dram_prefetch/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: prefetch_case(c, f, b, n, "dram_prefetch"))

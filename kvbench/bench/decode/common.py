@@ -59,12 +59,12 @@ def _budget(ctx: RunContext) -> float:
 
 
 def _nvme_threads(ctx: RunContext) -> int:
-    from kvbench.errors import KvbenchError
+    return ctx.opt_int("decode.nvme.threads", 4 if ctx.quick else 32)
 
-    n = ctx.opt("decode.nvme.threads", 4 if ctx.quick else 32, int)
-    if n < 1:
-        raise KvbenchError(f"--set decode.nvme.threads={n}: must be positive")
-    return n
+
+def _hot_window(ctx: RunContext) -> int:
+    """Tokens per sequence kept in HBM for placement hot_window."""
+    return ctx.opt_int("decode.hot_window", 1024)
 
 
 def _cfg(ctx: RunContext, placement: str, fmt: str, batch: int, context: int, fused: bool,

@@ -31,11 +31,13 @@ from kvbench.bench import Benchmark, Case, Plot, RunContext
 from kvbench.bench.prefix.prefill import recompute_case
 from kvbench.bench.prefix.plots import highlights, plot_load_vs_recompute
 from kvbench.bench.prefix.loads import dram_case, nvme_case
-from kvbench.bench.prefix.common import BENCH_KEY, _base_cfg, _budget, _name, sources, tokens_sweep
+from kvbench.bench.prefix.common import (BENCH_KEY, _base_cfg, _budget, _chunk_bytes, _name, _threads, sources,
+                                         tokens_sweep)
 
 
 def plan(ctx: RunContext) -> list[Case]:
-    _budget(ctx)  # a malformed --set prefix.budget_s fails before anything runs
+    # a malformed --set prefix.* fails before anything runs (one line, exit 2)
+    _budget(ctx), _threads(ctx), _chunk_bytes(ctx)
     runners = {"recompute": recompute_case, "dram": dram_case, "nvme": nvme_case}
     cases = []
     for n in tokens_sweep(ctx):

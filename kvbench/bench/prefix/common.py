@@ -9,7 +9,7 @@ from typing import Any, Callable
 from kvbench.bench import RunContext
 from kvbench.errors import KvbenchError
 from kvbench.spec import PageSpec, get_format
-from kvbench.units import MiB, parse_size
+from kvbench.units import MiB
 
 BENCH_KEY = "prefix"
 
@@ -46,6 +46,8 @@ def tokens_sweep(ctx: RunContext) -> list[int]:
 
 def sources(ctx: RunContext) -> list[str]:
     chosen = [s.strip() for s in ctx.opt("prefix.sources", ",".join(SOURCES)).split(",") if s.strip()]
+    if not chosen:
+        raise KvbenchError(f"--set prefix.sources: no sources given; known: {', '.join(SOURCES)}")
     for s in chosen:
         if s not in SOURCES:
             raise KvbenchError(f"--set prefix.sources: unknown source {s!r}; known: {', '.join(SOURCES)}")
@@ -53,11 +55,12 @@ def sources(ctx: RunContext) -> list[str]:
 
 
 def _threads(ctx: RunContext) -> int:
-    return ctx.opt("prefix.threads", 16 if ctx.cuda else 4, int)
+    return ctx.opt_int("prefix.threads", 16 if ctx.cuda else 4)
 
 
 def _chunk_bytes(ctx: RunContext) -> int:
-    return ctx.opt("prefix.chunk_bytes", (32 if ctx.cuda else 8) * MiB, parse_size)
+    return ctx.opt_size("prefix.chunk_bytes", (32 if ctx.cuda else 8) * MiB,
+                        ctx.host_memory_bytes(), "host memory")
 
 
 def _budget(ctx: RunContext) -> float:

@@ -26,7 +26,8 @@ from kvbench import movers
 from kvbench.bench import Benchmark, Case, Plot, RunContext, Skip
 from kvbench.bench.transfer import plots
 from kvbench.bench.transfer.common import (BENCH_KEY, GPU_DIRECTIONS, SWEEP_TOKENS, SWEEP_TOKENS_QUICK,
-                                           _kinds, budget_s, depth_sweep, fio_wanted)
+                                           _kinds, budget_s, ceiling_bytes, depth_sweep, file_bytes,
+                                           fio_wanted, sample_bytes)
 from kvbench.bench.transfer.files import file_read_case, file_write_case
 from kvbench.bench.transfer.gpu import ceiling_case, gpu_paged_case, nvme_to_hbm_case, overlap_case
 from kvbench.results import skipped_case
@@ -132,7 +133,9 @@ def _plan_sweeps(ctx: RunContext, cases: list[Case]) -> None:
 def plan(ctx: RunContext) -> list[Case]:
     """Every case, the copy methods taken from kvbench.movers.COPY_METHODS by the kinds
     of the tiers each direction moves between."""
-    budget_s(ctx), fio_wanted(ctx)  # a malformed --set fails before anything runs
+    # a malformed --set fails before anything runs (one line, exit 2)
+    budget_s(ctx), fio_wanted(ctx), depth_sweep(ctx), file_bytes(ctx), ceiling_bytes(ctx)
+    sample_bytes(ctx, "dram->hbm")  # transfer.bytes
     cases: list[Case] = []
     if not ctx.cuda:
         from kvbench.tiers.hbm import cuda_status

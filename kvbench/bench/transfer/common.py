@@ -12,7 +12,7 @@ from kvbench.spec import PageSpec
 from kvbench.tiers import tier_class
 
 
-from kvbench.units import MiB, parse_size
+from kvbench.units import MiB
 
 BENCH_KEY = "transfer"
 
@@ -52,8 +52,27 @@ def sample_bytes(ctx: RunContext, direction: str) -> int:
     """Bytes moved per timed sample (enough that per-call overheads are visible but
     a sample lasts milliseconds, not seconds)."""
     if "file" in _kinds(direction):
-        return ctx.opt("transfer.file_bytes", (32 if ctx.quick else 256) * MiB, parse_size)
-    return ctx.opt("transfer.bytes", (64 if ctx.quick else 512) * MiB, parse_size)
+        return file_bytes(ctx)
+    return ctx.opt_size("transfer.bytes", (64 if ctx.quick else 512) * MiB,
+                        ctx.host_memory_bytes(), "host memory")
+
+
+def file_bytes(ctx: RunContext) -> int:
+    """Bytes per sample to and from files: they live in a file on the nvme disk and in
+    host memory, so at most the smaller of the disk's free space and host memory."""
+    default = (32 if ctx.quick else 256) * MiB
+    if "transfer.file_bytes" not in ctx.options:
+        return default
+    caps = [(c, w) for c, w in ((ctx.disk_free_bytes(), f"the free space of {ctx.nvme_dir}"),
+                                (ctx.host_memory_bytes(), "host memory")) if c]
+    cap, where = min(caps) if caps else (None, "")
+    return ctx.opt_size("transfer.file_bytes", default, cap, where)
+
+
+def ceiling_bytes(ctx: RunContext) -> int:
+    """Bytes of a contiguous ceiling copy (both buffers may be in host memory)."""
+    return ctx.opt_size("transfer.ceiling_bytes", (256 if ctx.quick else 1024) * MiB,
+                        ctx.host_memory_bytes(), "host memory")
 
 
 def depth_sweep(ctx: RunContext) -> list[int]:

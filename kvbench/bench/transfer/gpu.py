@@ -14,10 +14,10 @@ from kvbench.results import make_case, summarize
 from kvbench.timing import ahead_note
 from kvbench.spec import PageSpec, get_format
 from kvbench.tiers import tier_class
-from kvbench.units import MiB, parse_size
+from kvbench.units import MiB
 from kvbench.bench.transfer.files import _fill_file_pool, _read_ceiling
 from kvbench.bench.transfer.common import (BENCH_KEY, PER_PAGE_CHUNK, _cfg, _name, _pages_for, _rng,
-                                           budget_s, sample_bytes)
+                                           budget_s, ceiling_bytes, sample_bytes)
 
 # ----------------------------------------------------------------------------- GPU cases
 def _cuda_stream():
@@ -46,7 +46,7 @@ def ceiling_case(ctx: RunContext, direction: str) -> dict[str, Any]:
 
     if not ctx.cuda:
         raise Skip("needs a CUDA device (none here)")
-    nbytes = ctx.opt("transfer.ceiling_bytes", (256 if ctx.quick else 1024) * MiB, parse_size)
+    nbytes = ceiling_bytes(ctx)
     cfg = {"kind": "ceiling", "direction": direction, "bytes": nbytes, "method": "contiguous copy_"}
     if direction == "dram<->hbm":
         h2d = _contiguous_buffers("dram", "hbm", nbytes)

@@ -203,6 +203,7 @@ def run(benches: list[Benchmark], ctx: RunContext, output: Path, *, argv: list[s
         write_atomic(output, doc)
 
     try:
+        checkpoint()  # a run killed during its first case still leaves a file saying so
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[case]}"),

@@ -86,3 +86,17 @@ def test_a_new_benchmark_is_shown_from_its_declarations(monkeypatch):
     finally:
         monkeypatch.undo()
         cases.benchmarks.cache_clear()
+
+
+def test_every_guarantee_names_a_test_that_exists():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## What kvbench guarantees"):text.index("## Extending kvbench")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`test_" in line]
+    assert len(rows) >= 10
+    for row in rows:
+        current = None
+        for ref in re.findall(r"`((?:test_\w+\.py)?(?:::\w+)?)`", row.split(" | ")[-1]):
+            file, _, name = ref.partition("::")
+            current = file or current
+            source = (ROOT / "tests" / current).read_text()
+            assert not name or f"def {name}(" in source, (current, name)

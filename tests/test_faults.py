@@ -92,14 +92,23 @@ def test_sigterm_during_checkpoint_write(tmp_path, nvme_dir, monkeypatch):
     """SIGTERM arrives while the first checkpoint is being written (between write and
     fsync of the temp file): the run ends as interrupted (exit 143) with the finished
     case in a whole file, no temp file and an empty nvme folder."""
-    real, calls = os.fsync, []
+    import kvbench.runner as runner
+
+    real, writes, calls = os.fsync, [], []
+    real_write = runner.write_atomic
+
+    def counted(path, doc):  # the run's first write is before any case; the second after one
+        writes.append(path)
+        return real_write(path, doc)
 
     def fsync(fd):
-        calls.append(fd)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, mid-write
+        if len(writes) == 2:
+            calls.append(fd)
+            if len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, mid-write
         return real(fd)
 
+    monkeypatch.setattr(runner, "write_atomic", counted)
     monkeypatch.setattr(kresults.os, "fsync", fsync)
     out = tmp_path / "r.json"
     # 128 + SIGTERM (130 where the CLI treats it as Ctrl-C)
@@ -112,13 +121,17 @@ def test_sigterm_during_checkpoint_write(tmp_path, nvme_dir, monkeypatch):
     assert list(nvme_dir.iterdir()) == []
 
 
-KILL_AFTER_FIRST_CHECKPOINT = """
+KILL_AFTER_FIRST_CASE = """
 import os, signal, sys
 import kvbench.runner as r
 from kvbench.owner import short_host
 real = r.write_atomic
+writes = []
 def write_then_die(path, doc):
     real(path, doc)
+    writes.append(path)
+    if len(writes) < 2:  # the run's first write is before any case
+        return
     # a temp file as a kill -9 inside write_atomic leaves it
     open(os.path.join(os.path.dirname(path), f".r.json.{os.getpid()}@{short_host()}.abc123.tmp"), "w")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -136,7 +149,7 @@ def test_kill9_is_flagged_and_the_next_run_cleans_up(tmp_path, capsys, monkeypat
     base.mkdir()
     out = tmp_path / "r.json"
     env = {**os.environ, "KVBENCH_NVME_DIR": str(base)}
-    p = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_CHECKPOINT, *ROUNDTRIP, "-o", str(out)],
+    p = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_CASE, *ROUNDTRIP, "-o", str(out)],
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr
     doc = kresults.load(out)
@@ -196,3 +209,28 @@ def test_cuda_oom_fails_one_case(tmp_path):
     got = run_case(B(), Oom(), ctx)
     assert got["status"] == "error" and "out of memory" in got["reason"].lower()
     assert ctx.cuda_failed is None
+
+
+KILL_IN_FIRST_CASE = """
+import os, signal, sys
+import kvbench.runner as r
+def die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+r.run_case = die
+from kvbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill9_during_the_first_case_still_leaves_a_file(tmp_path):
+    """The run writes its file before its first case: killed there, it says running
+    with its writer, and holds no case."""
+    base = tmp_path / "base"
+    base.mkdir()
+    out = tmp_path / "r.json"
+    env = {**os.environ, "KVBENCH_NVME_DIR": str(base)}
+    p = subprocess.run([sys.executable, "-c", KILL_IN_FIRST_CASE, *ROUNDTRIP, "-o", str(out)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    doc = kresults.load(out)
+    assert doc["run"]["status"] == "running" and doc["run"]["writer"]["pid"] and doc["cases"] == []

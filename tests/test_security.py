@@ -17,7 +17,7 @@ import pytest
 import kvbench
 from kvbench import owner as kowner
 from kvbench import results as kresults
-from kvbench.report.summary import nvme_backing_line
+from kvbench.report.headline import nvme_backing_line
 from kvbench.tiers.nvme import OWNER_FILE, NvmeTier, make_owned_dir, remove_stale_dirs
 
 PACKAGE = Path(kvbench.__file__).parent
@@ -154,3 +154,14 @@ def test_dev_shm_recorded_as_ram_in_environment():
         pytest.skip(f"/dev/shm is {nv.get('fs_type')} here")
     assert nv["backing"] == "ram"
     assert "RAM-backed (tmpfs)" in nvme_backing_line({"nvme": nv})
+
+
+def test_ram_backed_nvme_dir_is_in_the_report_headline():
+    from kvbench.report.run_report import build_report
+
+    doc = {"run": {"id": "t", "status": "complete", "mode": "cpu-fallback", "quick": True,
+                   "kvbench_version": "0"}, "method": {}, "cases": [],
+           "environment": {"nvme": {"dir": "/dev/shm/kvbench-nvme-1-x", "backing": "ram", "fs_type": "tmpfs"}}}
+    page = build_report(doc, "test")
+    warnings = [w for kind, body in page.headline if kind == "warnings" for w in body]
+    assert any("RAM-backed (tmpfs)" in w for w in warnings)

@@ -2,7 +2,6 @@
 mover that flips a byte, or misplaces pages, is caught with the page ids; RSS and
 file-descriptor growth is flagged beyond its tolerance; bad options fail at plan time."""
 
-import json
 import subprocess
 import sys
 

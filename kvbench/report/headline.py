@@ -48,6 +48,21 @@ def status_warning(run: dict[str, Any]) -> str | None:
             f"{who} ({state}); only the cases that finished are in the file")
 
 
+def nvme_backing_line(env: dict[str, Any]) -> str | None:
+    """'nvme tier: DIR is RAM-backed (tmpfs): ...' when the nvme folder is not on a
+    disk (environment.nvme.backing, kvbench.mounts.fs_backing); None on a disk."""
+    nv = env.get("nvme") or {}
+    backing = nv.get("backing")
+    if not nv or backing in (None, "disk"):
+        return None
+    fs = nv.get("fs_type") or "unknown filesystem"
+    what = {"ram": f"RAM-backed ({fs}): its figures measure memory, not a disk",
+            "overlay": f"an overlay ({fs}): it may not be a disk",
+            "network": f"a network filesystem ({fs}): its figures measure the network, not a local disk",
+            }.get(backing, f"of unknown backing ({fs}): it may not be a disk")
+    return f"nvme tier: {nv.get('dir')} is {what}"
+
+
 def flag_lines(cases: list[dict[str, Any]]) -> list[str]:
     """What each flag present means, a line each."""
     return [f"{f}: {FLAG_WORDS.get(f, 'flagged by its benchmark (see the case notes)')}"

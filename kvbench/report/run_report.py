@@ -15,7 +15,8 @@ from typing import Any
 
 from kvbench.report.cases import (STATUS_ORDER, benches_of, case_group, columns_of, figure_text,
                                   flags_text, select_benches, spread, status_counts, unit_of)
-from kvbench.report.headline import counts_line, draw_plots, flag_lines, highlight_tables, status_warning
+from kvbench.report.headline import (counts_line, draw_plots, flag_lines, highlight_tables, nvme_backing_line,
+                                     status_warning)
 from kvbench.report.machine import run_label, run_lines
 from kvbench.report.numbers import UNITS_LINE, is_num
 from kvbench.report.page import Page, Table, check_outputs, make_console, render_console, write_outputs
@@ -105,9 +106,9 @@ def build_report(doc: dict[str, Any], path: str, benches: list[str] | None = Non
     page.headline.append(("lines", [f"{run_label(doc)}, {run['mode']} run, "
                                     f"{'quick' if run.get('quick') else 'full'}: {counts_line(cases)}",
                                     *flag_lines(cases)]))
-    warning = status_warning(run)
-    if warning:
-        page.headline.append(("warnings", [warning]))
+    warnings = [w for w in (status_warning(run), nvme_backing_line(doc.get("environment") or {})) if w]
+    if warnings:
+        page.headline.append(("warnings", warnings))
     page.headline += [("table", t) for t in highlight_tables(doc, chosen)]
     page.heading("Environment")
     page.lines(run_lines(doc))

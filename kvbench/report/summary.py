@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvbench.report.cases import headline_of
-from kvbench.report.headline import FLAG_WORDS, counts_line
+from kvbench.report.headline import FLAG_WORDS, counts_line, nvme_backing_line
 from kvbench.report.numbers import fmt_short, is_num, short_unit
 
 #: a flag's marker after a case's status
@@ -84,21 +84,6 @@ def _reasons(doc: dict[str, Any]) -> list[str]:
             groups.setdefault((c["status"], reason[0] if reason else "no reason given"), []).append(
                 f"{c['bench']}/{c['name']}")
     return [f"{status} ({len(names)}): {reason}: {', '.join(names)}" for (status, reason), names in groups.items()]
-
-
-def nvme_backing_line(env: dict[str, Any]) -> str | None:
-    """'nvme tier: DIR is RAM-backed (tmpfs): ...' when the nvme folder is not on a
-    disk (environment.nvme.backing, kvbench.mounts.fs_backing); None on a disk."""
-    nv = env.get("nvme") or {}
-    backing = nv.get("backing")
-    if not nv or backing in (None, "disk"):
-        return None
-    fs = nv.get("fs_type") or "unknown filesystem"
-    what = {"ram": f"RAM-backed ({fs}): its figures measure memory, not a disk",
-            "overlay": f"an overlay ({fs}): it may not be a disk",
-            "network": f"a network filesystem ({fs}): its figures measure the network, not a local disk",
-            }.get(backing, f"of unknown backing ({fs}): it may not be a disk")
-    return f"nvme tier: {nv.get('dir')} is {what}"
 
 
 def print_summary(doc: dict[str, Any], console: Any) -> None:

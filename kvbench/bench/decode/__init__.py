@@ -43,6 +43,7 @@ import one another, never another benchmark.
 from __future__ import annotations
 
 from kvbench.bench import Benchmark, Case, Plot, RunContext
+from kvbench.bench.decode import footprint as fp
 from kvbench.bench.decode import plots
 from kvbench.bench.decode.common import BENCH_KEY, PLACEMENTS, _budget, _hot_window, _nvme_threads, _tiles, shapes
 from kvbench.bench.decode.cpu import cpu_reference_case, kernel_check_case
@@ -67,10 +68,10 @@ def plan(ctx: RunContext) -> list[Case]:
     _budget(ctx)  # and a budget that is not a positive number of seconds
     _hot_window(ctx)  # and a window below 1 token (read here on a CPU machine too)
     cases: list[Case] = []
-    add = lambda name, fn: cases.append(Case(name, {}, fn))  # noqa: E731
+    add = lambda name, fn, size=None: cases.append(Case(name, {}, fn, footprint=size))  # noqa: E731
     fmts = ctx.formats
     for f in fmts:
-        add(f"kernel-check/{f}", lambda c, f=f: kernel_check_case(c, f))
+        add(f"kernel-check/{f}", lambda c, f=f: kernel_check_case(c, f), lambda c, f=f: fp.kernel_check(c, f))
     if not ctx.cuda:
         from kvbench.tiers.hbm import cuda_status
         why = f"needs a CUDA device: {cuda_status()[1]}"
@@ -80,25 +81,32 @@ def plan(ctx: RunContext) -> list[Case]:
         for p in ("dram", "nvme"):
             for f in fmts:
                 for b, n in shapes(ctx, p):
-                    add(f"{p}/{f}/{b}x{n}", lambda c, f=f, b=b, n=n, p=p: cpu_reference_case(c, f, b, n, p))
+                    add(f"{p}/{f}/{b}x{n}", lambda c, f=f, b=b, n=n, p=p: cpu_reference_case(c, f, b, n, p),
+                        lambda c, f=f, b=b, n=n, p=p: fp.cpu_reference(c, f, b, n, p))
         return cases
-    add("ceiling/hbm", lambda c: ceiling_case(c, "hbm"))
-    add("ceiling/h2d", lambda c: ceiling_case(c, "h2d"))
+    add("ceiling/hbm", lambda c: ceiling_case(c, "hbm"), lambda c: fp.ceiling(c, "hbm"))
+    add("ceiling/h2d", lambda c: ceiling_case(c, "h2d"), lambda c: fp.ceiling(c, "h2d"))
     ordered = sorted(fmts, key=lambda f: f != "fp16")  # fp16 first: the others relate to it
     for b, n in shapes(ctx, "hbm"):
         for f in ordered:
-            add(f"hbm/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: hbm_case(c, f, b, n, True))
+            add(f"hbm/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: hbm_case(c, f, b, n, True),
+                lambda c, f=f, b=b, n=n: fp.hbm(c, f, b, n, True))
             if get_format(f).quantized:
-                add(f"hbm/{f}/{b}x{n}/unfused", lambda c, f=f, b=b, n=n: hbm_case(c, f, b, n, False))
+                add(f"hbm/{f}/{b}x{n}/unfused", lambda c, f=f, b=b, n=n: hbm_case(c, f, b, n, False),
+                    lambda c, f=f, b=b, n=n: fp.hbm(c, f, b, n, False))
     window = _hot_window(ctx)
     for f in ordered:
         for b, n in shapes(ctx, "dram_prefetch"):
-            add(f"dram_prefetch/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: prefetch_case(c, f, b, n, "dram_prefetch"))
-            add(f"hot_window/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: prefetch_case(c, f, b, n, "hot_window", window))
+            add(f"dram_prefetch/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: prefetch_case(c, f, b, n, "dram_prefetch"),
+                lambda c, f=f, b=b, n=n: fp.prefetch(c, f, b, n, "dram_prefetch"))
+            add(f"hot_window/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: prefetch_case(c, f, b, n, "hot_window", window),
+                lambda c, f=f, b=b, n=n: fp.prefetch(c, f, b, n, "hot_window", window))
         for b, n in shapes(ctx, "dram_zero_copy"):
-            add(f"dram_zero_copy/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: zero_copy_case(c, f, b, n))
+            add(f"dram_zero_copy/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: zero_copy_case(c, f, b, n),
+                lambda c, f=f, b=b, n=n: fp.zero_copy(c, f, b, n))
         for b, n in shapes(ctx, "nvme"):
-            add(f"nvme/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: prefetch_case(c, f, b, n, "nvme"))
+            add(f"nvme/{f}/{b}x{n}", lambda c, f=f, b=b, n=n: prefetch_case(c, f, b, n, "nvme"),
+                lambda c, f=f, b=b, n=n: fp.prefetch(c, f, b, n, "nvme"))
     return cases
 
 

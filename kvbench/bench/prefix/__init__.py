@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from kvbench.bench import Benchmark, Case, Plot, RunContext
 from kvbench.bench.prefix.prefill import recompute_case
+from kvbench.bench.prefix.footprint import FOOTPRINTS
 from kvbench.bench.prefix.plots import highlights, plot_load_vs_recompute
 from kvbench.bench.prefix.loads import dram_case, nvme_case
 from kvbench.bench.prefix.common import (BENCH_KEY, _base_cfg, _budget, _chunk_bytes, _name, _threads, sources,
@@ -43,7 +44,8 @@ def plan(ctx: RunContext) -> list[Case]:
     for n in tokens_sweep(ctx):
         for s in sources(ctx):
             cases.append(Case(_name(n, s), _base_cfg(ctx, s, n),
-                              lambda c, n=n, s=s: runners[s](c, n)))
+                              lambda c, n=n, s=s: runners[s](c, n),
+                              footprint=lambda c, n=n, s=s: FOOTPRINTS[s](c, n)))
     return cases
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from kvbench import movers
 from kvbench.bench import Benchmark, Case, Plot, RunContext, Skip
+from kvbench.bench.transfer import footprint as fp
 from kvbench.bench.transfer import plots
 from kvbench.bench.transfer.common import (BENCH_KEY, GPU_DIRECTIONS, SWEEP_TOKENS, SWEEP_TOKENS_QUICK,
                                            _kinds, budget_s, ceiling_bytes, depth_sweep, file_bytes,
@@ -40,11 +41,13 @@ def _methods(direction: str) -> list[movers.CopyMethod]:
     return [m for m in movers.methods_for(src, dst) if "<->" not in direction or m.applies(dst, src)]
 
 
-def _method_case(ctx: RunContext, name: str, m: movers.CopyMethod, run: Callable) -> Case:
-    """A case timing copy method ``m``, or a skip saying what it needs when that is missing."""
+def _method_case(ctx: RunContext, name: str, m: movers.CopyMethod, run: Callable,
+                 footprint: Callable | None = None) -> Case:
+    """A case timing copy method ``m`` (holding ``footprint``: transfer.footprint), or a
+    skip saying what it needs when that is missing (it holds nothing: no footprint)."""
     why = m.unmet(ctx.cuda)
     if why is None:
-        return Case(name, {}, run)
+        return Case(name, {}, run, footprint=footprint)
 
     def skip(c: RunContext) -> dict[str, Any]:
         raise Skip(why)
@@ -63,71 +66,80 @@ def _write_depths(m: movers.CopyMethod, sweep: list[int], depths: list[int]) -> 
 def _plan_gpu(ctx: RunContext, cases: list[Case]) -> None:
     """Ceilings and paged copies between host and device memory, every method that applies."""
     fmts, layouts, t = ctx.formats, ctx.layouts, ctx.tokens_per_page
-    add = lambda name, m, fn: cases.append(_method_case(ctx, name, m, fn))  # noqa: E731
+    add = lambda name, m, fn, size: cases.append(_method_case(ctx, name, m, fn, size))  # noqa: E731
     depths = depth_sweep(ctx)
     for d in ("dram->hbm", "hbm->dram", "dram<->hbm", "hbm->hbm"):
-        cases.append(Case(f"ceiling/{d}", {"kind": "ceiling", "direction": d}, lambda c, d=d: ceiling_case(c, d)))
+        cases.append(Case(f"ceiling/{d}", {"kind": "ceiling", "direction": d}, lambda c, d=d: ceiling_case(c, d),
+                          footprint=lambda c, d=d: fp.ceiling(c, d)))
     for d in ("dram->hbm", "hbm->dram"):
         for f in fmts:
             for lay in layouts:
                 for m in _methods(d):
                     add(f"{d}/{lay}/{f}/{m.name}", m,
-                        lambda c, d=d, f=f, lay=lay, m=m.name: gpu_paged_case(c, d, f, lay, t, m))
+                        lambda c, d=d, f=f, lay=lay, m=m.name: gpu_paged_case(c, d, f, lay, t, m),
+                        lambda c, d=d, f=f, lay=lay: fp.gpu_paged(c, d, f, lay, t))
     for lay in layouts:
         for d in ("dram<->hbm", "hbm->hbm"):
             for m in _methods(d):
                 add(f"{d}/{lay}/{m.name}", m,
-                    lambda c, d=d, lay=lay, m=m.name: gpu_paged_case(c, d, fmts[0], lay, t, m))
+                    lambda c, d=d, lay=lay, m=m.name: gpu_paged_case(c, d, fmts[0], lay, t, m),
+                    lambda c, d=d, lay=lay: fp.gpu_paged(c, d, fmts[0], lay, t))
     for f in fmts:
         for lay in layouts:
             cases.append(Case(f"nvme->hbm/{lay}/{f}", {},
-                              lambda c, f=f, lay=lay: nvme_to_hbm_case(c, f, lay, max(depths))))
+                              lambda c, f=f, lay=lay: nvme_to_hbm_case(c, f, lay, max(depths)),
+                              footprint=lambda c, f=f, lay=lay: fp.nvme_to_hbm(c, f, lay)))
 
 
 def _plan_files(ctx: RunContext, cases: list[Case]) -> None:
     """File reads (cold, then warm where the method reads through the page cache) and
     writes, every registered file method; the queue-depth sweep on the first format."""
     fmts, t, depths = ctx.formats, ctx.tokens_per_page, depth_sweep(ctx)
-    add = lambda name, m, fn: cases.append(_method_case(ctx, name, m, fn))  # noqa: E731
+    add = lambda name, m, fn, size: cases.append(_method_case(ctx, name, m, fn, size))  # noqa: E731
     reads, writes = _methods("nvme->dram"), _methods("dram->nvme")
     for f in fmts:
         for lay in ctx.layouts:
             sweep = depths if f == fmts[0] else [max(depths)]
             at = lambda m, th: f"/qd{th}" if m.queue_depths == "sweep" else ""  # noqa: E731
+            cold = lambda c, f=f, lay=lay: fp.file_read(c, f, lay, t, "cold")  # noqa: E731
             for m in reads:
                 for th in _read_depths(m, sweep, depths):
                     add(f"nvme->dram/{lay}/{f}/{m.name}{at(m, th)}/cold", m, lambda c, f=f, lay=lay, m=m.name, th=th:
-                        file_read_case(c, f, lay, t, m, th, "cold"))
+                        file_read_case(c, f, lay, t, m, th, "cold"), cold)
             for m in reads:
                 if not m.direct_io:  # O_DIRECT bypasses the page cache: no warm case
                     add(f"nvme->dram/{lay}/{f}/{m.name}/warm", m, lambda c, f=f, lay=lay, m=m.name:
-                        file_read_case(c, f, lay, t, m, 1, "warm"))
+                        file_read_case(c, f, lay, t, m, 1, "warm"),
+                        lambda c, f=f, lay=lay: fp.file_read(c, f, lay, t, "warm"))
             for m in writes:
                 for th in _write_depths(m, sweep, depths):
                     add(f"dram->nvme/{lay}/{f}/{m.name}{at(m, th)}", m, lambda c, f=f, lay=lay, m=m.name, th=th:
-                        file_write_case(c, f, lay, m, th))
+                        file_write_case(c, f, lay, m, th), lambda c, f=f, lay=lay: fp.file_write(c, f, lay))
 
 
 def _plan_sweeps(ctx: RunContext, cases: list[Case]) -> None:
     """Page size swept (first format, per-layer layout: the small-page case), for the
     methods that declare it; then copies beside a matmul (the methods that declare it)."""
     f, depths = ctx.formats[0], depth_sweep(ctx)
-    add = lambda name, m, fn: cases.append(_method_case(ctx, name, m, fn))  # noqa: E731
+    add = lambda name, m, fn, size: cases.append(_method_case(ctx, name, m, fn, size))  # noqa: E731
     gpu_dirs = ("dram->hbm", "hbm->dram") if ctx.cuda else ()
     for tok in SWEEP_TOKENS_QUICK if ctx.quick else SWEEP_TOKENS:
         for m in _methods("nvme->dram"):
             if m.page_size_sweep:
                 add(f"sweep/nvme->dram/{tok}tok/{m.name}", m, lambda c, tok=tok, m=m.name: file_read_case(
-                    c, f, "layer", tok, m, max(depths), "cold", kind="sweep"))
+                    c, f, "layer", tok, m, max(depths), "cold", kind="sweep"),
+                    lambda c, tok=tok: fp.file_read(c, f, "layer", tok, "cold"))
         for d in gpu_dirs:
             for m in _methods(d):
                 if m.page_size_sweep:
                     add(f"sweep/{d}/{tok}tok/{m.name}", m, lambda c, d=d, tok=tok, m=m.name: gpu_paged_case(
-                        c, d, f, "layer", tok, m, kind="sweep"))
+                        c, d, f, "layer", tok, m, kind="sweep"), lambda c, d=d, tok=tok: fp.gpu_paged(
+                        c, d, f, "layer", tok))
     for d in gpu_dirs:
         for m in _methods(d):
             if m.compute_overlap:
-                add(f"overlap/{d}/{m.name}", m, lambda c, d=d, m=m.name: overlap_case(c, d, m))
+                add(f"overlap/{d}/{m.name}", m, lambda c, d=d, m=m.name: overlap_case(c, d, m),
+                    lambda c, d=d: fp.overlap(c, d))
 
 
 def plan(ctx: RunContext) -> list[Case]:

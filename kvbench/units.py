@@ -27,8 +27,8 @@ def parse_size(text: str) -> int:
     """Parse '4KiB', '64MiB', '2GB', '4096' into bytes (binary and decimal suffixes)."""
     t = text.strip().replace(" ", "")
     suffixes = {
-        "kib": KiB, "mib": MiB, "gib": GiB, "tib": TiB,
-        "kb": 1000, "mb": 10**6, "gb": GB, "tb": TB,
+        "kib": KiB, "mib": MiB, "gib": GiB, "tib": TiB, "pib": 1 << 50,
+        "kb": 1000, "mb": 10**6, "gb": GB, "tb": TB, "pb": PB,
         "k": KiB, "m": MiB, "g": GiB, "b": 1,
     }
     low = t.lower()

@@ -197,7 +197,7 @@ def test_cuda_oom_fails_one_case(tmp_path):
     from kvbench.runner import run_case
 
     class Oom:
-        name, config = "oom", {}
+        name, config, footprint = "oom", {}, None
 
         def run(self, ctx):
             torch.empty(1 << 60, dtype=torch.uint8, device="cuda")

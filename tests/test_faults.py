@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from kvbench import cli
 from kvbench import owner as kowner
@@ -49,42 +50,27 @@ def test_disk_full_mid_write_fails_one_case(tmp_path, nvme_dir):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_no_space_during_pwrite_fails_one_case(tmp_path, nvme_dir, monkeypatch):
-    """ENOSPC from a write in the middle of the first case: that case fails with the
+@pytest.mark.parametrize("call,nth,err,text", [
+    ("pwritev", 3, errno.ENOSPC, "No space left on device"),  # a write in the middle of the first case
+    ("preadv", 2, errno.EIO, "Input/output error"),           # one read
+])
+def test_an_io_error_fails_one_case(tmp_path, nvme_dir, monkeypatch, call, nth, err, text):
+    """ENOSPC from a write, EIO from a read, in the first case: that case fails with the
     reason, the next one runs, the nvme folder is emptied."""
-    real, calls = os.pwritev, []
+    real, calls = getattr(os, call), []
 
-    def pwritev(fd, bufs, offset, *a):
+    def failing(fd, bufs, offset, *a):
         calls.append(offset)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if len(calls) == nth:
+            raise OSError(err, os.strerror(err))
         return real(fd, bufs, offset, *a)
 
-    monkeypatch.setattr(os, "pwritev", pwritev)
+    monkeypatch.setattr(os, call, failing)
     out = tmp_path / "r.json"
     assert cli.main([*ROUNDTRIP, "--nvme-dir", str(nvme_dir), "-o", str(out)]) == 1
     doc = kresults.load(out)
     assert [c["status"] for c in doc["cases"]] == ["error", "ok"]
-    assert "No space left on device" in doc["cases"][0]["reason"]
-    assert list(nvme_dir.iterdir()) == []
-
-
-def test_read_error_fails_one_case(tmp_path, nvme_dir, monkeypatch):
-    """EIO from one read: that case fails with the reason, the other one is ok."""
-    real, calls = os.preadv, []
-
-    def preadv(fd, bufs, offset, *a):
-        calls.append(offset)
-        if len(calls) == 2:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real(fd, bufs, offset, *a)
-
-    monkeypatch.setattr(os, "preadv", preadv)
-    out = tmp_path / "r.json"
-    assert cli.main([*ROUNDTRIP, "--nvme-dir", str(nvme_dir), "-o", str(out)]) == 1
-    doc = kresults.load(out)
-    assert [c["status"] for c in doc["cases"]] == ["error", "ok"]
-    assert "Input/output error" in doc["cases"][0]["reason"]
+    assert text in doc["cases"][0]["reason"]
     assert list(nvme_dir.iterdir()) == []
 
 

@@ -123,7 +123,8 @@ def highlights(doc: dict) -> Highlights | None:
     for pair, cs in pairs.items():
         ok = [c for c in cs if c["status"] == "ok"]
         why = next((c.get("reason") for c in cs if c["status"] != "ok"), "") or ""
-        rows.append([pair, f"{len(ok)} of {len(cs)} ok", sum(c["metrics"].get("pages_verified", 0) for c in ok),
+        rows.append([pair, f"{len(ok)} of {len(cs)} ok",
+                     sum(c["metrics"].get("pages_verified", 0) for c in ok) if ok else None,
                      why.split(":")[0] if why else ""])
     return Highlights("roundtrip: bit-exact page round trips per tier pair",
                       [("tiers", ""), ("cases", ""), ("pages verified", "pages"), ("not run because", "")], rows)

@@ -97,7 +97,7 @@ FLOORS = [
       "kernels")),
     ("results", ("kvbench.results",)),
     ("measurement", ("kvbench.measure",)),
-    ("benchmarks", ("kvbench.bench",)),
+    ("benchmarks", ("kvbench.bench", "kvbench.hf")),
     ("runner, presentation, sizing", ("kvbench.runner", "kvbench.report", "kvbench.sizing")),
     ("command line", ("kvbench.cli", "kvbench.__main__")),
 ]

@@ -156,7 +156,8 @@ class PagedCache(Cache):
         self.model = model_spec_from_config(model_config)
         self.spec = PageSpec(self.model, get_format(fmt), tokens_per_page, "layer")
         self.tier_name, self.nvme_dir = tier, nvme_dir
-        self.max_cache_len, self.num_pages = max_cache_len, num_pages
+        # private names: transformers' Cache has had max_cache_len / max_batch_size properties
+        self._max_tokens, self._num_pages = max_cache_len, num_pages
         if isinstance(side, str) and side not in SIDE_MODES:
             raise KvbenchError(f"side {side!r}: one of {', '.join(SIDE_MODES)} or a tensor")
         self.side_mode = side if isinstance(side, str) else "given"
@@ -183,7 +184,7 @@ class PagedCache(Cache):
         ok, why = tier.available()
         if not ok:
             raise KvbenchError(f"tier {self.tier_name} is unavailable: {why}")
-        pages = self.num_pages or b * self.model.num_layers * -(-self.max_cache_len // self.spec.tokens)
+        pages = self._num_pages or b * self.model.num_layers * -(-self._max_tokens // self.spec.tokens)
         self.tier, self.pool = tier, PagePool(tier, self.spec, pages)
         self.store = PagedKVStore(self.pool)
         self.batch = int(b)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from kvbench.errors import Skip  # noqa: F401 - benchmarks raise it as kvbench.bench.Skip
 
 #: Registry keys in the order a full run takes them.
-BENCH_MODULES = ("roundtrip", "transfer", "accuracy", "decode", "prefix", "soak")
+BENCH_MODULES = ("roundtrip", "transfer", "accuracy", "decode", "prefix", "soak", "e2e")
 
 #: What `kvbench run` runs with no --bench.
 DEFAULT_BENCHES = ("roundtrip", "transfer", "accuracy", "decode", "prefix")

@@ -1,0 +1,150 @@
+"""End-to-end generation helpers for ``kvbench run --bench e2e`` (issue 13).
+
+A random-weight transformers model built from a kvbench ``ModelSpec``'s Hugging Face
+config fields (no download), a step-by-step greedy generation loop that times every
+forward with a given cache, and teacher-forced logits for fidelity against a reference.
+
+Shapes: ``ids`` ``[B, P]`` int64 prompt tokens (no padding); generated tokens ``[B, N]``;
+logits ``[N, B, V]`` float32 (step i: the logits that choose token i).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Callable
+
+import torch
+
+from kvbench.errors import KvbenchError
+
+
+def build_config(hf_fields: dict[str, Any], shrink: dict[str, int] | None) -> Any:
+    """A transformers config of ``hf_fields['model_type']`` from the spec's fields,
+    with ``shrink`` (num_hidden_layers, num_attention_heads, num_key_value_heads,
+    head_dim, hidden_size, intermediate_size, vocab_size) applied over them; every layer
+    full attention (PagedCache pages full-attention layers only)."""
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in hf_fields.items()
+              if k not in ("model_type", "architectures", "layer_types", "torch_dtype", "dtype")}
+    fields.update(shrink or {})
+    fields["sliding_window"] = None
+    fields["use_sliding_window"] = False
+    try:
+        cfg = AutoConfig.for_model(hf_fields["model_type"], **fields)
+    except (KeyError, ValueError) as exc:
+        raise KvbenchError(f"transformers has no config for model_type "
+                           f"{hf_fields.get('model_type')!r}: {exc}") from None
+    cfg._attn_implementation = "sdpa"
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = ["full_attention"] * int(cfg.num_hidden_layers)
+    return cfg
+
+
+def build_model(cfg: Any, dtype: torch.dtype, device: str, seed: int) -> Any:
+    """A random-weight causal LM of ``cfg`` (``torch.manual_seed(seed)`` first), eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model.to(device).eval()
+
+
+def cache_kw(model: Any, cache: Any) -> dict[str, Any]:
+    """``cache=`` where the model's forward takes it (newer transformers), else
+    ``past_key_values=``."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def generate_timed(model: Any, cache: Any, ids: torch.Tensor, new_tokens: int,
+                   forced: torch.Tensor | None = None, keep_logits: bool = False
+                   ) -> dict[str, Any]:
+    """Greedy decoding of ``new_tokens`` tokens, one model forward per token (EOS ignored).
+
+    forced: ``[B, N]`` tokens to feed instead of the model's own picks (teacher forcing);
+    the picks are still returned. Returns ``tokens`` ``[B, N]``, ``ttft_s`` (prefill
+    forward + first argmax, synchronised), ``step_s`` (N-1 per-token decode times, each
+    forward + argmax, synchronised) and, with ``keep_logits``, ``logits`` ``[N, B, V]``
+    float32 on the CPU."""
+    device = str(ids.device)
+    b, p = ids.shape
+    kw = cache_kw(model, cache)
+    pos = torch.arange(p, device=ids.device).unsqueeze(0).expand(b, p)
+    mask = torch.ones(b, p, dtype=torch.long, device=ids.device)
+    picks, logits, steps = [], [], []
+    _sync(device)
+    t0 = time.perf_counter()
+    out = model(ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
+    last = out.logits[:, -1]
+    tok = last.argmax(-1)
+    _sync(device)
+    ttft = time.perf_counter() - t0
+    picks.append(tok)
+    if keep_logits:
+        logits.append(last.float().cpu())
+    for i in range(1, new_tokens):
+        feed = (forced[:, i - 1] if forced is not None else tok).view(b, 1)
+        mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=mask.device)], dim=1)
+        pos = pos[:, -1:] + 1
+        t0 = time.perf_counter()
+        out = model(feed, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
+        last = out.logits[:, -1]
+        tok = last.argmax(-1)
+        _sync(device)
+        steps.append(time.perf_counter() - t0)
+        picks.append(tok)
+        if keep_logits:
+            logits.append(last.float().cpu())
+    res: dict[str, Any] = {"tokens": torch.stack(picks, 1).cpu(), "ttft_s": ttft, "step_s": steps}
+    if keep_logits:
+        res["logits"] = torch.stack(logits, 0)
+    return res
+
+
+def agreement(tokens: torch.Tensor, ref: torch.Tensor) -> tuple[float, int | None]:
+    """(fraction of ``[B, N]`` tokens equal to ``ref``'s, first step where any row
+    differs or None)."""
+    same = tokens == ref
+    bad = (~same).any(0).nonzero()
+    return float(same.float().mean()), (int(bad[0]) if len(bad) else None)
+
+
+def logit_errors(logits: torch.Tensor, ref: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per step: max |logit - ref logit| over batch and vocab, and KL(ref || case) of
+    the softmax distributions in nats, mean over the batch. ``[N, B, V]`` float32 each."""
+    diff = (logits - ref).abs().amax(dim=(1, 2))
+    lp, lq = torch.log_softmax(ref, -1), torch.log_softmax(logits, -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0).mean(-1)
+    return [float(x) for x in diff], [float(x) for x in kl]
+
+
+def make_cache_factory(kind: str, model: Any, *, fmt: str = "", tier: str = "",
+                       tokens_per_page: int = 16, max_tokens: int = 0,
+                       nvme_dir: Any = None) -> Callable[[], Any]:
+    """A function returning a fresh cache of ``kind``: ``dynamic``, ``dynamic_offload``,
+    ``quantized/<backend>`` or ``kvbench`` (a ``PagedCache`` of ``fmt`` on ``tier``)."""
+    from transformers import DynamicCache
+
+    if kind == "dynamic":
+        return lambda: DynamicCache(config=model.config)
+    if kind == "dynamic_offload":
+        return lambda: DynamicCache(config=model.config, offloading=True)
+    if kind.startswith("quantized/"):
+        from transformers import QuantizedCache
+
+        backend = kind.split("/", 1)[1]
+        return lambda: QuantizedCache(backend, model.config)
+    if kind == "kvbench":
+        from kvbench.hf.cache import PagedCache
+
+        return lambda: PagedCache(model.config, fmt=fmt, tier=tier, tokens_per_page=tokens_per_page,
+                                  max_cache_len=max_tokens, nvme_dir=nvme_dir)
+    raise KvbenchError(f"unknown cache kind {kind!r}")

@@ -59,7 +59,9 @@ def test_tiny_run_through_the_cli(tiny_run):
     for name in ("kvbench/dram/fp16", "kvbench/nvme/fp16", "dynamic"):
         m = cases[name]["metrics"]
         assert m["token_agreement"] == 1.0 and m["first_divergence"] is None
-        assert m["logit_max_abs_err"] == 0.0 and m["logit_kl"] == 0.0
+        # the K/V are bit-exact; the logits match to fp16 rounding (seen once in CI at
+        # 1.5e-3: the attention kernel may sum in another order on another call)
+        assert m["logit_max_abs_err"] <= 1e-2 and m["logit_kl"] <= 1e-6
     lossy = cases["kvbench/dram/fp8_e4m3"]["metrics"]
     assert lossy["logit_max_abs_err"] > 0 and 0 <= lossy["token_agreement"] <= 1
     for c in cases.values():

@@ -51,7 +51,6 @@ SHRINK = {"layers": 2, "heads": 8, "head_dim": 64, "vocab": 1024}
 #: transformers' quantized-cache backends and the module each needs
 QUANT_BACKENDS = {"quanto": "optimum.quanto", "hqq": "hqq"}
 #: page tiers, in the order their cases run
-TIERS = ("hbm", "dram", "nvme")
 #: model forward passes of the reference kept per run context (model, inputs, tokens)
 _REF: dict[tuple, dict[str, Any]] = {}
 
@@ -251,7 +250,9 @@ def plan(ctx: RunContext) -> list[Case]:
     st = settings(ctx)  # bad options fail here, before anything runs
     kinds = [("dynamic", "dynamic", "", ""), ("dynamic_offload", "dynamic_offload", "", "")]
     kinds += [(f"quantized/{b}", f"quantized/{b}", "", "") for b in QUANT_BACKENDS]
-    kinds += [(f"kvbench/{t}/{f}", "kvbench", f, t) for t in TIERS for f in ctx.formats]
+    from kvbench.tiers import TIER_NAMES  # every registered tier, none known here by name
+
+    kinds += [(f"kvbench/{t}/{f}", "kvbench", f, t) for t in TIER_NAMES for f in ctx.formats]
     return [Case(name, {"cache": kind, "format": fmt, "tier": tier, **st},
                  lambda c, n=name, k=kind, f=fmt, t=tier: run_cache(c, n, k, f, t))
             for name, kind, fmt, tier in kinds]

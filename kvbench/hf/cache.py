@@ -1,14 +1,13 @@
 """``PagedCache``: a transformers ``Cache`` whose layers keep K/V in kvbench pages.
 
-One ``PagePool`` on the chosen tier (layout ``layer``: a page holds ``tokens_per_page``
-tokens of one layer, K and V of every KV head), one ``PagedKVStore`` over it, one
-sequence per batch row. On ``update`` the new tokens are quantized into their pages with
-the format's torch reference codec (``kvbench.formats.paged.quantize_to_pages``); the
-layer's whole K/V is then gathered from the pages and dequantized
-(``dequantize_pages``) and handed back, so the model's own attention (eager, sdpa) runs
-over it. This slice is therefore a storage path, not a fast one: every step reads every
-page of the layer. The fused paged-attention path (``kvbench.attention``) is the next
-slice of issue 13.
+The pages (layout ``layer``: a page holds ``tokens_per_page`` tokens of one layer, K and
+V of every KV head) live on one tier, or as a hot window of recent tokens on one tier
+and the rest on another (``kvbench.hf.pages.PlacedPages``); one block table per layer
+and batch row. On ``update`` the new tokens are quantized into their pages with the
+format's torch reference codec (``kvbench.formats.paged.quantize_to_pages``). Then
+either the model's attention is kvbench's (``kvbench.hf.attention``) and reads the pages
+itself, or the layer's whole K/V is gathered from the pages, dequantized and handed
+back for the model's own attention (eager, sdpa) to run over.
 
 Exactness: a lossless format (fp16, bf16) round-trips bit-exact when the model runs in
 that dtype (fp16 pages for a float16 model, bf16 pages for a bfloat16 one); with a
@@ -21,6 +20,7 @@ returned keys/values ``[B, H_kv, seq_len, D]`` in the input's dtype and device.
 from __future__ import annotations
 
 import datetime as _dt
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,9 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvbench.errors import KvbenchError
-from kvbench.formats.paged import dequantize_pages, quantize_to_pages, side_scales, unit_side
+from kvbench.formats.paged import dequantize_pages, side_scales, unit_side
 from kvbench.spec import ModelSpec, PageSpec, get_format, model_from_dict
-from kvbench.store import PagedKVStore, PagePool
-from kvbench.tiers import make_tier
+from kvbench.hf.pages import PlacedPages
 
 #: how ``side`` may be given (besides an fp32 tensor ``[num_layers, kv_factor, S]``)
 SIDE_MODES = ("prefill", "unit")
@@ -94,13 +93,18 @@ class PagedLayer(CacheLayerMixin):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``[B, H, n, D]`` new tokens in pages; return this layer's whole K/V,
-        ``[B, H, seq_len, D]``, dequantized from the pages (not the inputs)."""
+        ``[B, H, seq_len, D]``, dequantized from the pages (not the inputs), or, under
+        kvbench's attention, the new tokens marked with ``kvbench_pages``."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = int(key_states.shape[-2])
         if n:
             self.cache._write(self.layer_idx, key_states, value_states, self.length)
             self.length += n
+        if self.cache.paged_attention:
+            key_states.kvbench_pages = (self.cache, self.layer_idx, self.length)
+            return key_states, value_states
+        self.cache.attention_paths["copy"] += 1
         return self.cache._read(self.layer_idx, self.length, key_states.dtype, key_states.device)
 
     def get_mask_sizes(self, query_length: Any) -> tuple[int, int]:
@@ -134,28 +138,41 @@ class PagedCache(Cache):
 
     model_config: the model's transformers config (``model.config``).
     fmt: a kvbench format name (``kvbench.spec.FORMATS``: fp16, bf16, fp8_e4m3, nvfp4, ...).
-    tier: ``hbm``, ``dram`` or ``nvme`` (``nvme_dir``: the folder for the pool's file).
+    tier: where the pages live: a registered tier (``hbm``, ``dram``, ``nvme``;
+        ``nvme_dir``: the folder for the pool's file).
+    hot_tier, hot_window: a placement of two tiers: the ``hot_window`` most recent tokens
+        of every layer on ``hot_tier`` (a memory tier), the older ones on ``tier``
+        (``kvbench.hf.pages``). ``hot_tier=None``: every page on ``tier``.
     tokens_per_page: tokens per page (layout ``layer``).
-    max_cache_len: tokens per sequence the pool is sized for, when ``num_pages`` is not
-        given (the pool is made on the first update, when the batch size is known:
-        ``batch * num_layers * ceil(max_cache_len / tokens_per_page)`` pages).
+    max_cache_len: tokens per sequence the pools are sized for, when ``num_pages`` is not
+        given (the pools are made on the first update, when the batch size is known).
     side: the out-of-page scales of fp8_e4m3 / fp8_e4m3_head / nvfp4: "prefill" (each
         layer's scales computed from its first update, the prompt; later tokens beyond
         its range saturate), "unit" (all 1.0), or an fp32 tensor
         ``[num_layers, kv_factor, S]``. Ignored by formats without them.
 
-    ``update`` returns the dequantized full K/V of the layer gathered from its pages, so
-    the model's normal attention runs (the fused paged-attention path is the next slice).
-    Call ``close()`` (or use ``with``) to release the pool and the tier's files.
+    Attention: when the model's attention implementation is kvbench's
+    (``kvbench.hf.attention``, ``attn_implementation="kvbench_paged"``), ``update``
+    returns only the new tokens, marked, and the attention reads this layer's pages
+    itself (fused paged decode on CUDA); with any other implementation ``update``
+    returns the layer's whole K/V dequantized from the pages, and the model's own
+    attention runs over that copy. ``attention_paths`` counts which path ran.
+    Call ``close()`` (or use ``with``) to release the pools and the tiers' files.
     """
 
     def __init__(self, model_config: Any, fmt: str = "fp16", tier: str = "dram",
                  tokens_per_page: int = 16, *, max_cache_len: int = 4096,
                  num_pages: int | None = None, nvme_dir: str | Path | None = None,
-                 side: str | torch.Tensor = "prefill") -> None:
+                 side: str | torch.Tensor = "prefill", hot_tier: str | None = None,
+                 hot_window: int = 0) -> None:
         self.model = model_spec_from_config(model_config)
+        self.config = model_config
         self.spec = PageSpec(self.model, get_format(fmt), tokens_per_page, "layer")
         self.tier_name, self.nvme_dir = tier, nvme_dir
+        if hot_tier is not None and (hot_window <= 0 or hot_tier == tier):
+            raise KvbenchError(f"a hot window needs a positive hot_window (got {hot_window}) and a hot "
+                               f"tier other than {tier!r}")
+        self.hot_tier, self.hot_window = hot_tier, int(hot_window)
         # private names: transformers' Cache has had max_cache_len / max_batch_size properties
         self._max_tokens, self._num_pages = max_cache_len, num_pages
         if isinstance(side, str) and side not in SIDE_MODES:
@@ -165,92 +182,69 @@ class PagedCache(Cache):
         if self.side is None:
             self.side = unit_side(self.model, self.spec.fmt)
         self._calibrated: set[int] = set()
-        self.tier = self.pool = self.store = None
+        self.pages: PlacedPages | None = None
         self.batch: int | None = None
+        self.attention_paths: Counter[str] = Counter()
         super().__init__(layers=[PagedLayer(self, i) for i in range(self.model.num_layers)])
+
+    @property
+    def pool(self) -> Any:
+        """The hot (or only) page pool, None before the first update or after close."""
+        return self.pages.main if self.pages is not None else None
+
+    @property
+    def paged_attention(self) -> bool:
+        """Whether the model's attention reads the pages itself (kvbench's attention)."""
+        from kvbench.hf.attention import ATTENTION_NAME
+
+        cfg = self.config.get_text_config(decoder=True) if hasattr(self.config, "get_text_config") else self.config
+        return getattr(cfg, "_attn_implementation", None) == ATTENTION_NAME
 
     # ---------------------------------------------------------------- pages
     def _ensure(self, key_states: torch.Tensor) -> None:
-        """Make the pool and one sequence per batch row on the first update."""
+        """Make the pools on the first update."""
         b, h, _, d = key_states.shape
         if (h, d) != (self.model.kv_heads, self.model.head_dim):
             raise KvbenchError(f"key states have {h} heads of {d}; the config says "
                                f"{self.model.kv_heads} of {self.model.head_dim}")
-        if self.store is not None:
+        if self.pages is not None:
             if b != self.batch:
                 raise KvbenchError(f"PagedCache holds a batch of {self.batch}, got {b} rows")
             return
-        tier = make_tier(self.tier_name, self.nvme_dir)
-        ok, why = tier.available()
-        if not ok:
-            raise KvbenchError(f"tier {self.tier_name} is unavailable: {why}")
-        pages = self._num_pages or b * self.model.num_layers * -(-self._max_tokens // self.spec.tokens)
-        self.tier, self.pool = tier, PagePool(tier, self.spec, pages)
-        self.store = PagedKVStore(self.pool)
+        self.pages = PlacedPages(self.spec, int(b), self.model.num_layers, self._max_tokens, self.tier_name,
+                                 self.nvme_dir, hot_tier=self.hot_tier, hot_window=self.hot_window,
+                                 num_pages=self._num_pages)
         self.batch = int(b)
-        for row in range(self.batch):
-            self.store.add_sequence(row)
 
     def _write(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
         """Quantize ``[B, H, n, D]`` tokens at positions ``start..start+n`` of ``layer``."""
-        b, h, n, d = k.shape
         if self.side_mode == "prefill" and layer not in self._calibrated and self.side is not None:
             self.side[layer] = side_scales(k.transpose(1, 2), v.transpose(1, 2), self.spec.fmt).to(self.side)
         self._calibrated.add(layer)
-        t = self.spec.tokens
-        pos = list(range(start, start + n))
-        pids: list[int] = []
-        for row in range(b):
-            grow = start + n - self.store.seqs[row].tokens
-            if grow > 0:
-                self.store.append_tokens(row, grow)
-            table = self.store.seqs[row].table[layer]
-            pids += [table[p // t] for p in pos]
-        slots = torch.tensor([p % t for p in pos] * b, dtype=torch.long)
-        kk = k.transpose(1, 2).reshape(b * n, h, d)
-        vv = v.transpose(1, 2).reshape(b * n, h, d)
-        if not self.pool.is_file:
-            quantize_to_pages(kk, vv, self.pool.payload(), torch.tensor(pids), slots, self.spec,
-                              self.side, layer=layer)
-            return
-        # a file pool: read the pages touched, fill them, write them back
-        ids = sorted(set(pids))
-        local = {p: i for i, p in enumerate(ids)}
-        staging = self.pool.read_pages(ids)
-        quantize_to_pages(kk, vv, staging, torch.tensor([local[p] for p in pids]), slots,
-                          self.spec, self.side, layer=layer)
-        self.pool.write_pages(ids, staging)
+        self.pages.write(layer, k, v, self.side, start)
 
     def _read(self, layer: int, length: int, dtype: torch.dtype,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``length`` tokens of ``layer``, ``[B, H, length, D]`` in ``dtype``."""
-        p = -(-length // self.spec.tokens)
-        tables = [self.store.seqs[row].table[layer][:p] for row in range(self.batch)]
-        if self.pool.is_file:
-            rows = self.pool.read_pages([i for t in tables for i in t])
-            table = torch.arange(self.batch * p, dtype=torch.long).view(self.batch, p)
-        else:
-            rows, table = self.pool.payload(), torch.tensor(tables, dtype=torch.long)
-        k, v = dequantize_pages(rows, table, self.spec, self.side, layer=layer, dtype=dtype)
+        rows, table = self.pages.view(layer, length)
+        side = None if self.side is None else self.side.to(rows.device)
+        k, v = dequantize_pages(rows, table, self.spec, side, layer=layer, dtype=dtype)
         return tuple(x[:, :length].transpose(1, 2).contiguous().to(device) for x in (k, v))
 
     # ---------------------------------------------------------------- lifecycle
     def reset(self) -> None:
         """Free every sequence's pages (the pool stays) and empty the layers."""
-        if self.store is not None:
-            for row in list(self.store.seqs):
-                self.store.free_sequence(row)
-                self.store.add_sequence(row)
+        if self.pages is not None:
+            self.pages.clear()
         self._calibrated.clear()
         for layer in self.layers:
             layer.reset()
 
     def close(self) -> None:
-        """Release the pool and what the tier holds (an nvme tier's folder)."""
-        if self.pool is not None:
-            self.pool.close()
-            self.tier.close()
-        self.tier = self.pool = self.store = None
+        """Release the pools and what the tiers hold (an nvme tier's folder)."""
+        if self.pages is not None:
+            self.pages.close()
+        self.pages = None
 
     def __enter__(self) -> "PagedCache":
         return self
@@ -260,5 +254,6 @@ class PagedCache(Cache):
 
     def describe(self) -> dict[str, Any]:
         """The resolved configuration, for a result record."""
-        return {**self.spec.describe(), "tier": self.pool.tier.label if self.pool else self.tier_name,
-                "pages": self.pool.num_pages if self.pool else None, "side": self.side_mode}
+        placed = self.pages.describe() if self.pages is not None else {"tier": self.tier_name}
+        return {**self.spec.describe(), **placed, "side": self.side_mode,
+                "attention_paths": dict(self.attention_paths)}

@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the scenarios in configs/scenarios/ and exit")
     p.add_argument("--results", nargs="+", metavar="R.json",
                    help="kvbench result files: replace assumptions with what they measured "
-                        "(KV bytes/token, HBM per GPU, decode capacity, reuse load vs recompute)")
+                        "(KV bytes/token, HBM per GPU, decode capacity from e2e tok/s or decode "
+                        "KV-read GB/s, reuse load vs recompute)")
     p.add_argument("--explain", action="store_true",
                    help="show every input, derived quantity and line item with its formula and numbers")
     p.add_argument("--sweep", metavar="KEY=V1,V2,...",

@@ -8,9 +8,11 @@ Replaced (docs/sizing.md, "Measured mode"):
     ``transfer`` case stored (page_bytes / tokens_per_page / layers per page x layers);
     the live and reuse sizes follow.
   * HBM per GPU: ``environment.gpus[].memory_total_bytes``; the hot window that fits follows.
-  * Decode capacity: ``decode`` cases' ``kv_read_gbps`` per placement ->
-    sequences per GPU = KV-read bytes/s / (decode tok/s x KV bytes of the mean decode
-    context) -> GPUs needed for the active decode sequences vs the fleet.
+  * Decode capacity (kvbench/sizing/measured_decode.py): ``e2e`` cases' ``out_tok_s`` of
+    the scenario's model, full size, on a GPU -> sequences per GPU = out tok/s / decode
+    tok/s per request; else ``decode`` cases' ``kv_read_gbps`` per placement -> sequences
+    per GPU = KV-read bytes/s / (decode tok/s x KV bytes of the mean decode context) ->
+    GPUs needed for the active decode sequences vs the fleet.
   * Reuse cache: time to load a reused prefix from DRAM and from NVMe (``prefix`` cases'
     ``load_s``, else ``transfer`` tier bandwidths) vs recompute at the measured prefill
     rate -> which tier serves a hit within the TTFT target -> the cheapest such split.
@@ -21,114 +23,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvbench.errors import KvbenchError
+from kvbench.sizing.measured_common import (CapacityRow, Doc, Measured, Missing, Replacement,
+                                            ReuseRow)
+from kvbench.sizing.measured_common import case_ref as _ref
+from kvbench.sizing.measured_common import metric as _metric
+from kvbench.sizing.measured_common import model_spec as _model
+from kvbench.sizing.measured_common import ok_cases as _ok_cases
+from kvbench.sizing.measured_common import params_active as _params_active
+from kvbench.sizing.measured_common import same as _same
+from kvbench.sizing.measured_decode import capacity
 from kvbench.sizing.model import Sizing, compute, hot_window_fit_tokens
-from kvbench.sizing.numbers import GB, gib, num, seconds, sig3, tib
+from kvbench.sizing.numbers import GB, gib, num, seconds, tib
 from kvbench.sizing.scenario import TIER_SHORT, Scenario
-from kvbench.spec import ModelSpec, get_format, load_model
+from kvbench.spec import get_format
 
-Doc = tuple[str, dict[str, Any]]  # (path, loaded result document)
-
-
-@dataclass(frozen=True)
-class Replacement:
-    quantity: str
-    assumption: str
-    measured: str
-    source: str
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Missing:
-    quantity: str
-    how: str
-
-
-@dataclass(frozen=True)
-class CapacityRow:
-    placement: str
-    kv_read_gbps: float
-    seqs_per_gpu: float
-    gpus_needed: float
-    fleet_ratio: float
-    source: str
-    selected: bool
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class ReuseRow:
-    path: str  # "dram", "nvme", "recompute"
-    seconds: float
-    within_ttft: bool
-    source: str
-    note: str = ""
-    #: the time is a lower bound (a leg of the path was not measured)
-    lower_bound: bool = False
-
-
-@dataclass
-class Measured:
-    assumed: Sizing
-    sizing: Sizing
-    replacements: list[Replacement] = field(default_factory=list)
-    missing: list[Missing] = field(default_factory=list)
-    capacity: list[CapacityRow] = field(default_factory=list)
-    reuse: list[ReuseRow] = field(default_factory=list)
-    reuse_prefix_tokens: float = 0.0
-    reuse_verdict: str = ""
-    notes: list[str] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------ helpers
-def _ref(path: str, case: dict[str, Any]) -> str:
-    return f"{Path(path).name}: {case['bench']}/{case['name']}"
-
-
-def _ok_cases(docs: list[Doc], bench: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(p, c) for p, doc in docs for c in doc.get("cases", [])
-            if c.get("bench") == bench and c.get("status") == "ok"]
-
-
-def _metric(case: dict[str, Any], key: str) -> float | None:
-    v = case.get("metrics", {}).get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        return None
-    return float(v)
-
-
-_MODELS: dict[str, ModelSpec | None] = {}
-
-
-def _model(name: Any) -> ModelSpec | None:
-    if not isinstance(name, str) or not name:
-        return None
-    if name not in _MODELS:
-        try:
-            _MODELS[name] = load_model(name)
-        except KvbenchError:
-            _MODELS[name] = None
-    return _MODELS[name]
-
-
-def _same(a: Any, b: str) -> bool:
-    return isinstance(a, str) and a.lower() == b.lower()
-
-
-def _params_active(m: ModelSpec | None) -> float | None:
-    if m is None:
-        return None
-    for key in ("params_active", "params_total"):
-        try:
-            return float(m.extra[key])
-        except (KeyError, TypeError, ValueError):
-            continue
-    return None
+#: the result types live in measured_common (shared with measured_decode); named here too
+__all__ = ["CapacityRow", "Measured", "Missing", "Replacement", "ReuseRow", "measure", "tier_bandwidths"]
 
 
 def tier_bandwidths(docs: list[Doc]) -> dict[str, tuple[float, str]]:
@@ -215,66 +129,6 @@ def _hbm_per_gpu(scn: Scenario, docs: list[Doc], m: Measured) -> float | None:
         "HBM per GPU", f"{gib(scn.fleet.hbm_per_gpu_bytes)} ({scn.fleet.hbm_per_gpu_bytes / GB:.4g} GB)",
         f"{gib(mem)} ({mem / GB:.4g} GB)", ref, note))
     return mem
-
-
-def _decode_placement(scn: Scenario) -> str:
-    p = scn.placement
-    if p.live_hbm_fraction >= 1:
-        return "hbm"
-    if p.live_nvme_fraction > 0:
-        return "nvme"
-    return "hot_window"
-
-
-def _capacity(sz: Sizing, docs: list[Doc], m: Measured) -> None:
-    scn = sz.scenario
-    d = scn.demand
-    ctx = d.prompt_tokens_per_request + d.output_tokens_per_request / 2
-    seq_bytes = sz.sequence_kv_bytes(ctx)
-    need_bps = d.decode_tok_s_per_request * seq_bytes
-    best: dict[str, tuple[tuple[int, int, float], float, str, dict[str, Any]]] = {}
-    for path, c in _ok_cases(docs, "decode"):
-        cfg = c.get("config", {})
-        gbps = _metric(c, "kv_read_gbps")
-        place = cfg.get("placement")
-        if gbps is None or not isinstance(place, str):
-            continue
-        key = (int(_same(cfg.get("format"), scn.kv_format)), int(_same(cfg.get("model"), scn.model_name)), gbps)
-        if place not in best or key > best[place][0]:
-            best[place] = (key, gbps, _ref(path, c), cfg)
-    selected = _decode_placement(scn)
-    if not best:
-        m.missing.append(Missing("decode capacity (KV-read GB/s per placement)",
-                                 "run `kvbench run --bench decode`"))
-        return
-    for place, (key, gbps, ref, cfg) in sorted(best.items()):
-        per_gpu = gbps * GB / need_bps
-        needed = sz.q("active_decode_sequences") / per_gpu
-        notes = []
-        if not key[0]:
-            notes.append(f"measured with format {cfg.get('format')}, not {scn.kv_format}")
-        if not key[1]:
-            notes.append(f"measured on {cfg.get('model')}; bytes/s applied to {scn.model_name}'s "
-                         f"bytes/token")
-        m.capacity.append(CapacityRow(place, gbps, per_gpu, needed, needed / scn.fleet.gpus, ref,
-                                      place == selected, "; ".join(notes)))
-    row = next((r for r in m.capacity if r.selected), None)
-    formula = (f"{num(d.decode_tok_s_per_request)} tok/s x ({num(ctx)} tok mean decode context x "
-               f"{num(sz.q('kv_bytes_per_token'))} B) = {need_bps / GB:.3g} GB/s of KV reads per sequence")
-    m.notes.append(f"decode capacity: sequences/GPU = KV-read GB/s / (decode tok/s x KV bytes of the mean "
-                   f"decode context, input + RAG + output/2); {formula}")
-    if row is None:
-        m.missing.append(Missing(f"decode capacity for placement {selected}",
-                                 f"run `kvbench run --bench decode` (placement {selected})"))
-        return
-    m.replacements.append(Replacement(
-        f"GPUs for {num(sz.q('active_decode_sequences'))} decode sequences",
-        f"fleet {num(scn.fleet.gpus)} GPUs",
-        f"{num(math.ceil(row.gpus_needed))} GPUs ({row.fleet_ratio:.2f}x the fleet)",
-        row.source,
-        f"placement {row.placement}: {sig3(row.kv_read_gbps)} GB/s KV read -> "
-        f"{num(round(row.seqs_per_gpu, 1))} sequences/GPU" + (f"; {row.note}" if row.note else ""),
-    ))
 
 
 def _best_prefix(docs: list[Doc], source: str, scn: Scenario, tokens: float):
@@ -462,7 +316,7 @@ def measure(scn: Scenario, paths: list[str]) -> Measured:
             "HBM per GPU, KV bytes/token above",
             "(HBM/GPU - overhead/GPU - weights/GPU) x GPUs / (sequences x B/token x HBM share); "
             "reported, not applied"))
-    _capacity(sz, docs, m)
+    capacity(sz, docs, m)
     split = _reuse(sz, docs, tier_bandwidths(docs), m)
     if split is not None:
         cur = dataclasses.replace(cur, placement=dataclasses.replace(

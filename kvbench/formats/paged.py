@@ -19,6 +19,9 @@ from kvbench.spec import KVFormat, ModelSpec, PageSpec, get_format
 
 #: the backend this module is: the torch reference (the others: kvbench.quantized_pages)
 BACKEND = "torch"
+#: lossless elements and their torch dtypes: read back in the same dtype they are the
+#: stored values, with no fp32 round trip
+_FLOAT = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # ---- side scales -----------------------------------------------------------------------
@@ -208,10 +211,20 @@ def dequantize_pages(pool: torch.Tensor, block_table: torch.Tensor, spec: PageSp
     reg = region_for_layer(spec, layer)
     lead = tuple(block_table.shape[:-1])
     p = block_table.shape[-1]
-    rows = pool[block_table.to(device=pool.device, dtype=torch.long).reshape(-1)]
-    rows = rows.reshape(*lead, p, pool.shape[1])
+    idx = block_table.to(device=pool.device, dtype=torch.long).reshape(-1)
+    shape = (*lead, p * pm.tokens, pm.heads, pm.head_dim)
+    same = _FLOAT.get(spec.fmt.element) if spec.fmt.family == "float" else None
     out = []
     for kv in range(pm.kv_factor):
-        q = _unpack_tensor(rows, pm, kv, reg, _layer_side(side, spec, layer, kv), (*lead, p, pm.tokens))
-        out.append(dequantize(q, dtype).reshape(*lead, p * pm.tokens, pm.heads, pm.head_dim))
+        vr, sr = pm.values(kv, reg), pm.scales(kv, reg)
+        # gather this region of each page only (one copy, contiguous)
+        vals = pool[:, vr.offset:vr.end][idx]
+        if same is dtype:  # lossless and already in dtype: the bytes are the values
+            out.append(vals.view(dtype).view(shape))
+            continue
+        scales = pool[:, sr.offset:sr.end][idx] if pm.scale_bytes else None
+        q = Quantized(pm.fmt.name, shape, vals.view(*shape[:-2], pm.heads, pm.value_bytes),
+                      None if scales is None else scales.view(*shape[:-2], pm.heads, pm.scale_bytes),
+                      _layer_side(side, spec, layer, kv))
+        out.append(dequantize(q, dtype).reshape(shape))
     return (out[0], out[1] if pm.kv_factor == 2 else None)

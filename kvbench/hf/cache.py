@@ -229,7 +229,7 @@ class PagedCache(Cache):
         rows, table = self.pages.view(layer, length)
         side = None if self.side is None else self.side.to(rows.device)
         k, v = dequantize_pages(rows, table, self.spec, side, layer=layer, dtype=dtype)
-        return tuple(x[:, :length].transpose(1, 2).contiguous().to(device) for x in (k, v))
+        return tuple(x[:, :length].transpose(1, 2).to(device) for x in (k, v))
 
     # ---------------------------------------------------------------- lifecycle
     def reset(self) -> None:

@@ -146,15 +146,19 @@ def print_measured(c, m: Measured) -> None:
         t.add_row(r.quantity, r.assumption, r.measured, r.source, r.note)
     c.print(t)
     if m.capacity:
-        ct = Table(title="Decode capacity per placement (sequences per GPU at the scenario's speed and context)")
-        for col in ("placement", "KV read GB/s", "sequences/GPU", "GPUs needed", "x fleet", "from", "note"):
+        ct = Table(title="Decode capacity per placement (sequences per GPU at the scenario's speed)")
+        for col in ("placement", "basis", "KV read GB/s", "sequences/GPU", "GPUs needed", "x fleet", "from", "note"):
             ct.add_column(col, overflow="fold")
         for r in m.capacity:
-            ct.add_row(r.placement + (" *" if r.selected else ""), sig3(r.kv_read_gbps),
-                       num(round(r.seqs_per_gpu, 1)), num(math.ceil(r.gpus_needed)),
+            bound = "<= " if r.upper_bound else ""
+            ct.add_row(r.placement + (" *" if r.selected else "") + (" (used)" if r.used else ""),
+                       r.basis + (" (implied GB/s)" if r.basis == "e2e" else ""), sig3(r.kv_read_gbps),
+                       bound + num(round(r.seqs_per_gpu, 1)), num(math.ceil(r.gpus_needed)),
                        f"{r.fleet_ratio:.3g}", r.source, r.note)
         c.print(ct)
-        c.print("* the placement matching the scenario's live-KV split")
+        c.print("* the placement matching the scenario's live-KV split; (used): the row the sizing takes. "
+                "basis decode: the decode benchmark's KV-read GB/s; e2e: end-to-end output tokens/s "
+                "(its GB/s implied from the KV bytes at its context)")
     if m.reuse:
         scn = m.sizing.scenario
         rt = Table(title=f"Reuse hit: a {num(m.reuse_prefix_tokens)}-token prefix "

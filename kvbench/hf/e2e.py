@@ -1,8 +1,10 @@
 """End-to-end generation helpers for ``kvbench run --bench e2e`` (issue 13).
 
 A random-weight transformers model built from a kvbench ``ModelSpec``'s Hugging Face
-config fields (no download), a step-by-step greedy generation loop that times every
-forward with a given cache, and teacher-forced logits for fidelity against a reference.
+config fields (no download), or real weights loaded offline from a local folder; the
+sizes and bytes of the model built (``describe_model``); a step-by-step greedy
+generation loop that times every forward with a given cache; teacher-forced logits for
+fidelity against a reference.
 
 Shapes: ``ids`` ``[B, P]`` int64 prompt tokens (no padding); generated tokens ``[B, N]``;
 logits ``[N, B, V]`` float32 (step i: the logits that choose token i).
@@ -51,11 +53,57 @@ def build_model(cfg: Any, dtype: torch.dtype, device: str, seed: int) -> Any:
     return model.to(device).eval()
 
 
+def load_model(path: Any, dtype: torch.dtype, device: str) -> Any:
+    """Real weights: ``AutoModelForCausalLM.from_pretrained(path, local_files_only=True)``
+    in ``dtype`` (nothing is downloaded), sdpa attention, eval mode. A one-line
+    KvbenchError when the folder does not load."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype,
+                                                     attn_implementation="sdpa")
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise KvbenchError(f"e2e.model_path {path}: does not load as a causal LM: {first}") from None
+    return model.to(device).eval()
+
+
+def describe_model(model: Any) -> dict[str, Any]:
+    """What was built, for a case config: the text decoder's sizes (``layers_used``,
+    ``hidden_size_used``, ``heads_used``, ``kv_heads_used``, ``head_dim_used``,
+    ``vocab_used``, ``dtype``), ``weight_bytes`` (every parameter's bytes, a tied
+    embedding once), ``weight_bytes_read_per_step`` (the same less the input embedding
+    when it is not the output head's: a lookup reads B rows, not the matrix) and
+    ``kv_bytes_per_token`` (K and V of every layer in the model's dtype, DynamicCache's)."""
+    cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    heads = int(cfg.num_attention_heads)
+    kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or int(cfg.hidden_size) // heads)
+    layers = int(cfg.num_hidden_layers)
+    params = list(model.parameters())  # shared (tied) parameters once
+    total = sum(p.numel() * p.element_size() for p in params)
+    emb_in, emb_out = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = emb_out is not None and emb_out.weight is emb_in.weight
+    lookup = 0 if tied else emb_in.weight.numel() * emb_in.weight.element_size()
+    dtype = params[0].dtype
+    return {"layers_used": layers, "hidden_size_used": int(cfg.hidden_size), "heads_used": heads,
+            "kv_heads_used": kv, "head_dim_used": head_dim, "vocab_used": int(cfg.vocab_size),
+            "dtype": str(dtype).replace("torch.", ""), "weight_bytes": int(total),
+            "weight_bytes_read_per_step": int(total - lookup), "tied_embeddings": bool(tied),
+            "kv_bytes_per_token": 2 * layers * kv * head_dim * torch.empty((), dtype=dtype).element_size(),
+            "attn_implementation": str(getattr(model.config, "_attn_implementation", "") or "")}
+
+
 def cache_kw(model: Any, cache: Any) -> dict[str, Any]:
     """``cache=`` where the model's forward takes it (newer transformers), else
-    ``past_key_values=``."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache}
+    ``past_key_values=``; and ``logits_to_keep=1`` where it takes that, so the prefill
+    computes the last position's logits only, as ``generate`` does (at 2k tokens, batch
+    8 and a 128k vocabulary all positions' fp16 logits would be 4 GB)."""
+    params = inspect.signature(model.forward).parameters
+    kw: dict[str, Any] = {("cache" if "cache" in params else "past_key_values"): cache}
+    if "logits_to_keep" in params:
+        kw["logits_to_keep"] = 1
+    return kw
 
 
 def _sync(device: str) -> None:
@@ -72,8 +120,9 @@ def generate_timed(model: Any, cache: Any, ids: torch.Tensor, new_tokens: int,
     forced: ``[B, N]`` tokens to feed instead of the model's own picks (teacher forcing);
     the picks are still returned. Returns ``tokens`` ``[B, N]``, ``ttft_s`` (prefill
     forward + first argmax, synchronised), ``step_s`` (N-1 per-token decode times, each
-    forward + argmax, synchronised) and, with ``keep_logits``, ``logits`` ``[N, B, V]``
-    float32 on the CPU."""
+    forward + argmax, synchronised), ``step_context`` (the tokens each of those steps
+    attends over: P + i at step i = 1..N-1, the new token included) and, with
+    ``keep_logits``, ``logits`` ``[N, B, V]`` float32 on the CPU."""
     device = str(ids.device)
     b, p = ids.shape
     kw = cache_kw(model, cache)
@@ -103,7 +152,8 @@ def generate_timed(model: Any, cache: Any, ids: torch.Tensor, new_tokens: int,
         picks.append(tok)
         if keep_logits:
             logits.append(last.float().cpu())
-    res: dict[str, Any] = {"tokens": torch.stack(picks, 1).cpu(), "ttft_s": ttft, "step_s": steps}
+    res: dict[str, Any] = {"tokens": torch.stack(picks, 1).cpu(), "ttft_s": ttft, "step_s": steps,
+                           "step_context": [p + i for i in range(1, new_tokens)]}
     if keep_logits:
         res["logits"] = torch.stack(logits, 0)
     return res

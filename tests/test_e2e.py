@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory):
     (d / "nvme").mkdir()
     out = d / "e2e.json"
     r = cli("--format", "fp16,fp8_e4m3", "--set", "e2e.new_tokens=8", "--set", "e2e.prompt_tokens=20",
-            "--set", "e2e.budget_s=1", "--samples", "2", "--warmup", "0", "--nvme-dir", str(d / "nvme"),
+            "--set", "e2e.budget_s=1", "--set", "e2e.hot_window=8", "--samples", "2", "--warmup", "0", "--nvme-dir", str(d / "nvme"),
             "-o", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     return load(out), d / "nvme"
@@ -53,9 +53,19 @@ def test_tiny_run_through_the_cli(tiny_run):
     from kvbench.tiers import TIER_NAMES
 
     assert {"hbm", "dram", "nvme"} <= set(TIER_NAMES)
+    from kvbench.bench.e2e.cases import two_tier_placements
+
+    assert ("dram", "nvme") in two_tier_placements() and ("hbm", "dram") in two_tier_placements()
     assert set(cases) == {"dynamic", "dynamic_offload", "quantized/quanto", "quantized/hqq",
-                          *(f"kvbench/{t}/{f}" for t in TIER_NAMES for f in ("fp16", "fp8_e4m3"))}
-    for name in ("dynamic", "kvbench/dram/fp16", "kvbench/nvme/fp16", "kvbench/dram/fp8_e4m3"):
+                          *(f"kvbench/{t}/{f}" for t in TIER_NAMES for f in ("fp16", "fp8_e4m3")),
+                          *(f"kvbench/{h}+{c}/{f}" for h, c in two_tier_placements() for f in ("fp16", "fp8_e4m3"))}
+    window = cases["kvbench/dram+nvme/fp16"]["config"]
+    assert window["hot_tier"] == "dram" and window["tier"] == "nvme"
+    assert window["paged"]["hot_window_tokens"] == 8 and window["paged"]["cold_pages_used"] > 0
+    for name in ("kvbench/dram/fp16", "kvbench/dram+nvme/fp16"):  # kvbench's attention read the pages
+        assert set(cases[name]["config"]["paged"]["attention_paths"]) == {"reference"}
+    for name in ("dynamic", "kvbench/dram/fp16", "kvbench/nvme/fp16", "kvbench/dram/fp8_e4m3",
+                 "kvbench/dram+nvme/fp16"):
         c = cases[name]
         assert c["status"] == "ok", (name, c["reason"])
         m = c["metrics"]
@@ -70,7 +80,7 @@ def test_tiny_run_through_the_cli(tiny_run):
         assert 0 < cfg["weight_bytes_read_per_step"] <= cfg["weight_bytes"] and cfg["kv_bytes_per_token"] > 0
         assert cfg["hidden_size_used"] < cfg["hidden_size_config"]
         assert cfg["new_tokens"] == 8 and cfg["prompt_tokens"] == 20
-    for name in ("kvbench/dram/fp16", "kvbench/nvme/fp16", "dynamic"):
+    for name in ("kvbench/dram/fp16", "kvbench/nvme/fp16", "kvbench/dram+nvme/fp16", "dynamic"):
         m = cases[name]["metrics"]
         assert m["token_agreement"] == 1.0 and m["first_divergence"] is None
         # the K/V are bit-exact; the logits match to fp16 rounding (seen once in CI at
@@ -97,6 +107,7 @@ def test_plot_and_highlights(tiny_run):
                                       ("e2e.prompt_tokens=abc", "not an integer"),
                                       ("e2e.prompt_tokens=999999999", "max_position_embeddings"),
                                       ("e2e.budget_s=0", "positive number of seconds"),
+                                      ("e2e.attention=bogus", "one of kvbench, copy"),
                                       ("e2e.model_path=/nonexistent/kvbench-model", "not a directory")])
 def test_bad_options_exit_2_in_one_line(opt, msg, tmp_path):
     r = cli("--set", opt, "--nvme-dir", str(tmp_path), "-o", str(tmp_path / "x.json"), timeout=60)

@@ -178,9 +178,11 @@ def logit_errors(logits: torch.Tensor, ref: torch.Tensor) -> tuple[list[float], 
 
 def make_cache_factory(kind: str, model: Any, *, fmt: str = "", tier: str = "",
                        tokens_per_page: int = 16, max_tokens: int = 0,
-                       nvme_dir: Any = None) -> Callable[[], Any]:
+                       nvme_dir: Any = None, hot_tier: str | None = None,
+                       hot_window: int = 0) -> Callable[[], Any]:
     """A function returning a fresh cache of ``kind``: ``dynamic``, ``dynamic_offload``,
-    ``quantized/<backend>`` or ``kvbench`` (a ``PagedCache`` of ``fmt`` on ``tier``)."""
+    ``quantized/<backend>`` or ``kvbench`` (a ``PagedCache`` of ``fmt`` on ``tier``, with
+    the newest ``hot_window`` tokens on ``hot_tier`` when one is given)."""
     from transformers import DynamicCache
 
     if kind == "dynamic":
@@ -196,5 +198,6 @@ def make_cache_factory(kind: str, model: Any, *, fmt: str = "", tier: str = "",
         from kvbench.hf.cache import PagedCache
 
         return lambda: PagedCache(model.config, fmt=fmt, tier=tier, tokens_per_page=tokens_per_page,
-                                  max_cache_len=max_tokens, nvme_dir=nvme_dir)
+                                  max_cache_len=max_tokens, nvme_dir=nvme_dir, hot_tier=hot_tier or None,
+                                  hot_window=hot_window if hot_tier else 0)
     raise KvbenchError(f"unknown cache kind {kind!r}")

@@ -25,6 +25,7 @@ class CacheCase:
 
     name: the case name. kind: ``dynamic`` (DynamicCache, the reference),
     ``dynamic_offload``, ``quantized/<backend>`` or ``kvbench`` (PagedCache of ``fmt`` on
+    ``tier``, or the newest ``e2e.hot_window`` tokens on ``hot_tier`` and the rest on
     ``tier``). kv_format: the kvbench format its K/V are held in ('' when none is:
     QuantizedCache's own int formats). decode_placement: the decode benchmark's
     placement whose figures predict its KV reads ('' none)."""
@@ -35,6 +36,9 @@ class CacheCase:
     tier: str = ""
     kv_format: str = ""
     decode_placement: str = ""
+    #: a two-tier placement's hot tier ('' : every page on ``tier``), the window from
+    #: the settings' hot_window
+    hot_tier: str = ""
 
     @property
     def is_reference(self) -> bool:
@@ -51,7 +55,22 @@ def cache_cases(ctx: RunContext) -> list[CacheCase]:
     out += [CacheCase(f"quantized/{b}", f"quantized/{b}") for b in QUANT_BACKENDS]
     out += [CacheCase(f"kvbench/{t}/{f}", "kvbench", fmt=f, tier=t, kv_format=f, decode_placement=_placement(t, ctx))
             for t in TIER_NAMES for f in ctx.formats]
+    out += [CacheCase(f"kvbench/{hot}+{cold}/{f}", "kvbench", fmt=f, tier=cold, kv_format=f,
+                      decode_placement=_placement(cold, ctx), hot_tier=hot)
+            for hot, cold in two_tier_placements() for f in ctx.formats]
     return out
+
+
+def two_tier_placements() -> list[tuple[str, str]]:
+    """(hot, cold) tier pairs of a hot-window placement: a memory tier (device or host
+    memory) for the recent tokens, any later-registered tier that is not device memory
+    for the rest (hbm+dram, hbm+nvme, dram+nvme, ...)."""
+    from kvbench.tiers import TIER_NAMES, tier_class
+
+    names = list(TIER_NAMES)
+    memory = [n for n in names if tier_class(n).kind() in ("device", "host")]
+    return [(hot, cold) for hot in memory for cold in names[names.index(hot) + 1:]
+            if tier_class(cold).kind() != "device"]
 
 
 def _placement(tier: str, ctx: RunContext) -> str:
@@ -80,11 +99,12 @@ def unmet(ctx: RunContext, cc: CacheCase) -> str | None:
     if cc.kind == "kvbench":
         from kvbench.tiers import make_tier
 
-        tier = make_tier(cc.tier, ctx.nvme_dir)
-        try:
-            ok, why = tier.available()
-        finally:
-            tier.close()
-        if not ok:
-            return f"tier {cc.tier} unavailable: {why}"
+        for name in filter(None, (cc.hot_tier, cc.tier)):
+            tier = make_tier(name, ctx.nvme_dir)
+            try:
+                ok, why = tier.available()
+            finally:
+                tier.close()
+            if not ok:
+                return f"tier {name} unavailable: {why}"
     return None

@@ -66,14 +66,20 @@ def _build_reference(ctx: RunContext, st: dict[str, Any]) -> dict[str, Any]:
     return {"model": model, "ids": ids, "tokens": ref["tokens"], "logits": ref["logits"], "used": used}
 
 
-def _generation(model: Any, factory: Callable[[], Any], ids: Any, new: int, **kw: Any) -> dict[str, Any]:
+def _generation(model: Any, factory: Callable[[], Any], ids: Any, new: int, attention: bool = False,
+                **kw: Any) -> dict[str, Any]:
     """One timed generation with a fresh cache (closed after); a PagedCache's
-    ``describe()`` under ``paged``."""
+    ``describe()`` under ``paged``. attention: the model's attention is kvbench's
+    (``kvbench.hf.attention``) for this generation."""
+    import contextlib
+
     from kvbench.hf import e2e as H
+    from kvbench.hf.attention import use_paged_attention
 
     cache = factory()
     try:
-        res = H.generate_timed(model, cache, ids, new, **kw)
+        with use_paged_attention(model) if attention else contextlib.nullcontext():
+            res = H.generate_timed(model, cache, ids, new, **kw)
         if hasattr(cache, "describe"):
             res["paged"] = cache.describe()
         return res
@@ -88,7 +94,7 @@ def _tpot_ratio(sec: dict[str, float]) -> float:
 
 
 def _timed(ctx: RunContext, st: dict[str, Any], ref: dict[str, Any], factory: Callable[[], Any],
-           paired_with: Callable[[], Any] | None) -> tuple[list[dict], list[dict], Any]:
+           paired_with: Callable[[], Any] | None, attention: bool = False) -> tuple[list[dict], list[dict], Any]:
     """(this cache's timed generations, DynamicCache's, the Interleaved result or None).
 
     Without ``paired_with`` (the reference itself): ``--warmup`` untimed, then
@@ -106,17 +112,17 @@ def _timed(ctx: RunContext, st: dict[str, Any], ref: dict[str, Any], factory: Ca
         return [_generation(model, factory, ids, new) for _ in range(ctx.samples)], [], None
     runs: dict[str, list[dict]] = {"case": [], "dynamic": []}
 
-    def arm(key: str, make: Callable[[], Any]) -> Any:
+    def arm(key: str, make: Callable[[], Any], att: bool) -> Any:
         def sample(k: int) -> list[float]:
-            got = [_generation(model, make, ids, new) for _ in range(k)]
+            got = [_generation(model, make, ids, new, att) for _ in range(k)]
             runs[key].extend(got)
             return [statistics.median(r["step_s"]) for r in got]
         return paired.Arm(sample, work=st["batch"])
 
     for _ in range(ctx.warmup):
-        _generation(model, factory, ids, new)
+        _generation(model, factory, ids, new, attention)
         _generation(model, paired_with, ids, new)
-    res = paired.interleave({"case": arm("case", factory), "dynamic": arm("dynamic", paired_with)},
+    res = paired.interleave({"case": arm("case", factory, attention), "dynamic": arm("dynamic", paired_with, False)},
                             {"tpot_ratio_vs_dynamic": ("case", "dynamic", _tpot_ratio)},
                             budget_s=budget_s(ctx), min_pairs=paired.min_pairs_for(ctx.samples))
     res.release()
@@ -176,7 +182,8 @@ def _config(ctx: RunContext, cc: CacheCase, st: dict[str, Any], used: dict[str, 
                            "kv_format": cc.kv_format or None, "decode_placement": cc.decode_placement or None}
     if cc.kind == "kvbench":
         paged = first["paged"]
-        cfg.update({"tier": cc.tier, "format": cc.fmt, "tokens_per_page": ctx.tokens_per_page, "paged": paged,
+        cfg.update({"tier": cc.tier, "hot_tier": cc.hot_tier or None, "format": cc.fmt,
+                    "tokens_per_page": ctx.tokens_per_page, "paged": paged,
                     # layer layout: a page holds tokens_per_page tokens of one layer, K and V
                     "kv_bytes_per_token": paged["page_bytes"] // paged["tokens_per_page"] * used["layers_used"]})
     elif not cc.kv_format:
@@ -218,7 +225,9 @@ def run_cache(ctx: RunContext, cc: CacheCase) -> dict[str, Any]:
     ref = _reference(ctx, st)
     model, used = ref["model"], ref["used"]
     factory = H.make_cache_factory(cc.kind, model, fmt=cc.fmt, tier=cc.tier, tokens_per_page=ctx.tokens_per_page,
-                                   max_tokens=st["prompt_tokens"] + st["new_tokens"], nvme_dir=ctx.nvme_dir)
+                                   max_tokens=st["prompt_tokens"] + st["new_tokens"], nvme_dir=ctx.nvme_dir,
+                                   hot_tier=cc.hot_tier, hot_window=st["hot_window"])
+    attention = cc.kind == "kvbench" and st["attention"] == "kvbench"
     try:
         probe = factory()  # PagedCache refuses what it cannot page (sliding-window layers) here
     except KvbenchError as exc:
@@ -226,9 +235,10 @@ def run_cache(ctx: RunContext, cc: CacheCase) -> dict[str, Any]:
     if hasattr(probe, "close"):
         probe.close()
     dynamic = None if cc.is_reference else H.make_cache_factory("dynamic", model)
-    runs, dyn_runs, res = _timed(ctx, st, ref, factory, dynamic)
+    runs, dyn_runs, res = _timed(ctx, st, ref, factory, dynamic, attention)
     _reset_peaks(ctx)
-    forced = _generation(model, factory, ref["ids"], st["new_tokens"], forced=ref["tokens"], keep_logits=True)
+    forced = _generation(model, factory, ref["ids"], st["new_tokens"], attention, forced=ref["tokens"],
+                         keep_logits=True)
     mem, mem_cfg, mem_notes = _peaks(ctx, cc, forced.get("paged"))
     agree, first_div = H.agreement(runs[-1]["tokens"], ref["tokens"])
     max_err, kl = H.logit_errors(forced["logits"], ref["logits"])

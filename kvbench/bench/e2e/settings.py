@@ -24,12 +24,21 @@ QUANT_BACKENDS = {"quanto": "optimum.quanto", "hqq": "hqq"}
 #: least max(6, --samples) pairs are taken whatever the budget
 BUDGET_S = (10.0, 60.0)
 
+#: e2e.attention's values: kvbench's registered attention reading the pages, or sdpa over a copy
+ATTENTIONS = ("kvbench", "copy")
+
 OPTIONS = {
     "e2e.batch": "sequences generated together (default 2 quick, 8 full)",
     "e2e.prompt_tokens": "prompt tokens per sequence (default 32 quick, 512 full), e.g. 2048",
     "e2e.new_tokens": "tokens generated per sequence, EOS ignored; at least 2 (default 16 quick, 128 full)",
     "e2e.budget_s": "seconds a cache's generations are sampled alternately with DynamicCache's for, "
                     "after at least max(6, --samples) pairs (default 10 quick, 60 full)",
+    "e2e.hot_window": "tokens of each sequence kept on the hot tier in a two-tier placement "
+                      "(kvbench/<hot>+<cold>/<format>), the older ones on the cold tier "
+                      "(default 16 quick, 256 full)",
+    "e2e.attention": "how kvbench's cache is attended: 'kvbench' (kvbench_paged, registered with "
+                     "transformers: attention reads the pages, fused paged decode on CUDA) or 'copy' "
+                     "(the cache hands sdpa a dequantized copy of the layer); default kvbench",
     "e2e.model_path": "a local save_pretrained folder (config.json + weights) loaded offline in float16 "
                       "instead of random weights from --model's config; never shrunk",
 }
@@ -87,7 +96,12 @@ def settings(ctx: RunContext) -> dict[str, Any]:
         raise KvbenchError(f"e2e.prompt_tokens ({prompt}) + e2e.new_tokens ({new}) is more than the model's "
                            f"max_position_embeddings ({most}): --set smaller ones")
     budget_s(ctx)
-    return {"batch": batch, "prompt_tokens": prompt, "new_tokens": new,
+    window = ctx.opt_int("e2e.hot_window", 16 if ctx.quick else 256, maximum=1 << 24)
+    attention = str(ctx.opt("e2e.attention", "kvbench"))
+    if attention not in ATTENTIONS:
+        raise KvbenchError(f"--set e2e.attention={attention}: one of {', '.join(ATTENTIONS)}")
+    return {"batch": batch, "prompt_tokens": prompt, "new_tokens": new, "hot_window": window,
+            "attention": attention,
             "shrunk": path is None and (ctx.quick or not ctx.cuda),
             "weights": str(path) if path is not None else "random"}
 

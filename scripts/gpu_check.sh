@@ -5,7 +5,7 @@
 #
 # Needs no install and no network: the repository on PYTHONPATH and the machine's python3
 # with torch, triton, cuda-bindings, transformers, nvidia-ml-py, psutil, pytest, rich,
-# matplotlib and PyYAML. Writes at most 7 files into OUTDIR, each the moment its stage ends
+# matplotlib and PyYAML. Writes at most 8 files into OUTDIR, each the moment its stage ends
 # (so a stage cut short by the deadline keeps every earlier stage's file):
 #
 #   identity.json   stage 0: `kvbench info --json`, nvidia-smi (-q -d PCIE,CLOCK,MEMORY and
@@ -19,6 +19,8 @@
 #                   dram_zero_copy, nvme
 #   accuracy.json   stage 4: the quantize / dequantize kernel-speed cases
 #   prefix.json     stage 5: prefix load vs recompute at two prompt lengths
+#   e2e.json        stage 6: Llama-3.1-8B (random weights) generating through DynamicCache,
+#                   its offloading variant and kvbench's cache (all-HBM, HBM window + DRAM)
 #   run.log         per stage: exit code, duration, the tail of its output (bench logs go here)
 #
 # A global deadline (GPU_CHECK_DEADLINE_S, default 460 s) bounds the whole run: each stage
@@ -71,7 +73,7 @@ trap 'exit 130' INT TERM
 # deadline, so if early stages use their whole cap the last ones are squeezed, never the
 # earlier ones. Decode's includes its per-case tile autotune (up to 6 Triton compiles per
 # format on a cold cache; stage 1's tests warm Triton's on-disk cache first).
-CAP_IDENTITY=30 CAP_TESTS=100 CAP_TRANSFER=150 CAP_DECODE=100 CAP_ACCURACY=40 CAP_PREFIX=40
+CAP_IDENTITY=30 CAP_TESTS=100 CAP_TRANSFER=120 CAP_DECODE=90 CAP_ACCURACY=35 CAP_PREFIX=35 CAP_E2E=50
 
 # Stage 1, in this order inside its cap: the quick checks first, the long test run last.
 STORE_TESTS=(-q -ra tests/test_store.py)
@@ -129,6 +131,17 @@ ACCURACY=(--bench accuracy --full --format fp16,bf16,fp8_e4m3,fp8_e4m3_head,fp8_
 # the long prompt is 16k tokens, not 32k (whose recompute would take ~2 s a pair).
 PREFIX=(--bench prefix --full --format fp16 --samples 6 --set prefix.budget_s=1
         --set prefix.tokens=4096,16384)
+
+# Stage 6, e2e: Llama-3.1-8B at full size with random weights (made on the GPU: seconds),
+# batch 4, 2k prompts, 16 new tokens, each cache paired with DynamicCache for 3 s (at
+# least 6 pairs): DynamicCache, its offloading variant, kvbench's cache all-HBM in three
+# formats (kvbench's attention: the fused paged-decode kernel) and a 256-token HBM window
+# over pinned DRAM. The single-tier dram/nvme caches read every page on the host each
+# step (the torch reference): too slow for an 8B model inside this cap.
+E2E=(--bench e2e --model Llama-3.1-8B --format fp16,fp8_e4m3,nvfp4 --samples 2 --warmup 1
+     --set e2e.batch=4 --set e2e.prompt_tokens=2048 --set e2e.new_tokens=16 --set e2e.budget_s=3
+     --set e2e.hot_window=256
+     --cases '^(dynamic|dynamic_offload|kvbench/hbm/[^/]+|kvbench/hbm\+dram/fp16)$')
 
 # ------------------------------------------------------------------------------ helpers
 FAILED=0
@@ -353,12 +366,14 @@ if [ "$CUDA_OK" = yes ]; then
   stage_bench 3 decode "$CAP_DECODE" "${DECODE[@]}"
   stage_bench 4 accuracy "$CAP_ACCURACY" "${ACCURACY[@]}"
   stage_bench 5 prefix "$CAP_PREFIX" "${PREFIX[@]}"
+  stage_bench 6 e2e "$CAP_E2E" "${E2E[@]}"
 else
   dry_tests
   dry_stage 2 transfer "${TRANSFER[@]}"
   dry_stage 3 decode "${DECODE[@]}"
   dry_stage 4 accuracy "${ACCURACY[@]}"
   dry_stage 5 prefix "${PREFIX[@]}"
+  dry_stage 6 e2e "${E2E[@]}"
 fi
 log "gpu_check: exit $FAILED after $SECONDS s ($(ls "$OUT" | wc -l) files in $OUT)"
 tail -n 1 "$LOG"

@@ -13,7 +13,7 @@ import pytest
 from conftest import CUDA_OK, CUDA_WHY
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = {0: "identity", 1: "tests", 2: "transfer", 3: "decode", 4: "accuracy", 5: "prefix"}
+STAGES = {0: "identity", 1: "tests", 2: "transfer", 3: "decode", 4: "accuracy", 5: "prefix", 6: "e2e"}
 
 
 @pytest.mark.skipif(CUDA_OK, reason="a CUDA device is present: the script would make its real "

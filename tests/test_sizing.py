@@ -133,9 +133,18 @@ def test_input_token_sweep_monotonic(scenario):
 
 
 def test_sweep_scaling_rules():
+    import dataclasses
+
     scn = load_scenario(REF)
     sz = run_sweep(scn, "input_tokens", [4000.0]).sizings[0]
-    # RAG keeps 2:1, output fixed, given peak-day tokens scale with tokens/request
+    # the scenario's default (Exhibit 12, "holding other assumptions unchanged"): RAG and
+    # output fixed, a given peak-day count scales with tokens/request
+    assert sz.q("tokens_per_request") == 4000 + 4000 + 667
+    assert sz.q("peak_day_tokens") == pytest.approx(58.3e12 * 8_667 / 6_667)
+    # the other rule stays available: RAG keeps 2:1
+    ratio = dataclasses.replace(scn.demand.sweep_scaling, rag_tokens="ratio")
+    scn = dataclasses.replace(scn, demand=dataclasses.replace(scn.demand, sweep_scaling=ratio))
+    sz = run_sweep(scn, "input_tokens", [4000.0]).sizings[0]
     assert sz.q("tokens_per_request") == 4000 + 8000 + 667
     assert sz.q("peak_day_tokens") == pytest.approx(58.3e12 * 12_667 / 6_667)
     fmt = run_sweep(scn, *parse_sweep("format=fp16,fp8_e4m3,nvfp4")).sizings

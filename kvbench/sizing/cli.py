@@ -17,8 +17,10 @@ DESCRIPTION = """\
 Size the memory tiers (hbm, dram, nvme: rack SSD, remote: central datalake) that a
 KV-cache serving scenario needs, from a scenario file in configs/scenarios/ (or a YAML
 path). Prints every line item and tier total in TiB (2^40 B) and in plain PB/EB (10^15 /
-10^18 B), next to the published figures when the scenario lists them, then lints the
-scenario for assumptions that contradict each other. With --results, assumptions are
+10^18 B), next to the published figures when the scenario lists them (where the scenario
+reproduces the source's arithmetic, its totals as the source computed them and the
+corrected totals beside them), then lints the scenario for assumptions that contradict
+each other. With --results, assumptions are
 replaced by measurements from kvbench result files, each shown beside the assumption it
 replaces.
 """
@@ -52,12 +54,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(KV bytes/token, HBM per GPU, decode capacity from e2e tok/s or decode "
                         "KV-read GB/s, reuse load vs recompute)")
     p.add_argument("--explain", action="store_true",
-                   help="show every input, derived quantity and line item with its formula and numbers")
+                   help="show every input, derived quantity and line item with its formula and "
+                        "numbers, and the sweep rules in force (what follows each --sweep key)")
     p.add_argument("--sweep", metavar="KEY=V1,V2,...",
                    help="size once per value and print tier totals per value; KEY is one of "
                         "input_tokens, rag_tokens, output_tokens, peak_qps, format, hot_window, gpus "
                         "(input_tokens scales RAG/output/peak-day tokens per the scenario's "
-                        "demand.sweep_scaling)")
+                        "demand.sweep_scaling; --explain shows the rules in force); also prints "
+                        "each point's change from the first")
     p.add_argument("--json", nargs="?", const="-", metavar="PATH",
                    help="write the sizing as JSON to PATH (atomically), or to stdout with no PATH "
                         "(then no tables are printed)")
@@ -128,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         report.print_lint(c, findings, "Lint (with measured values)" if measured else "Lint")
         if sweep:
             c.print(report.sweep_table(sweep))
+            change = report.sweep_change_table(sweep)
+            if change is not None:
+                c.print(change)
         if args.json:
             from kvbench.results import write_atomic
 

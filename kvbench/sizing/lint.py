@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvbench.sizing.model import Sizing, hbm_left_per_gpu, hot_window_fit_tokens
-from kvbench.sizing.numbers import gib, num, tib
-from kvbench.sizing.scenario import TIER_LABELS
+from kvbench.sizing.numbers import TIB_OVER_TB, gib, num, tib
+from kvbench.sizing.scenario import TIER_LABELS, UNATTRIBUTED_TIERS
 
 #: Two figures "disagree" when they differ by more than this fraction.
 TOLERANCE = 0.05
-#: TB -> TiB factor. A total that is its rows x this factor had a unit conversion applied
-#: twice (the rows are already TiB).
-TIB_OVER_TB = 2**40 / 10**12
+# TIB_OVER_TB (2^40/10^12, TiB -> TB): a total that is its TiB rows x this factor is the
+# rows' size in TB printed as TiB, a unit slip (kvbench.sizing.numbers)
 #: Typical GPUs per server node (HGX / DGX boards carry 8).
 TYPICAL_GPUS_PER_NODE = 8
 #: NVIDIA's inference context memory storage: about 16 TB of SSD per Rubin GPU as a KV
@@ -112,23 +111,26 @@ def _capacity(sz: Sizing) -> list[Finding]:
             f"{gib(left)} left; hot KV needs {gib(hot_gpu)} per GPU "
             f"({num(round(sz.item('live_kv_hot').tib, 2))} TiB / {num(fl.gpus)} GPUs)",
         ))
+    # capacity holds bytes: the corrected totals (no unit slip of the source)
+    totals = sz.corrected_totals_bytes
+    which = "corrected " if sz.has_source_slip else ""
     capacity = fl.gpus * hbm_gpu
-    if sz.totals_bytes["hbm"] > capacity:
+    if totals["hbm"] > capacity:
         out.append(Finding(
             "hbm_capacity",
-            f"the HBM total ({num(round(tib(sz.totals_bytes['hbm'])))} TiB) exceeds the fleet's HBM "
-            f"({num(round(tib(capacity)))} TiB), {sz.totals_bytes['hbm'] / capacity:.2f}x",
-            f"{num(fl.gpus)} GPUs x {gib(hbm_gpu)} = {num(round(tib(capacity)))} TiB; the HBM total "
-            f"is {gib(sz.totals_bytes['hbm'] / fl.gpus)} per GPU",
+            f"the {which}HBM total ({num(round(tib(totals['hbm'])))} TiB) exceeds the fleet's HBM "
+            f"({num(round(tib(capacity)))} TiB), {totals['hbm'] / capacity:.2f}x",
+            f"{num(fl.gpus)} GPUs x {gib(hbm_gpu)} = {num(round(tib(capacity)))} TiB; the {which}HBM "
+            f"total is {gib(totals['hbm'] / fl.gpus)} per GPU",
         ))
     if fl.dram_per_node_bytes is not None:
         cap = fl.nodes * fl.dram_per_node_bytes
-        if sz.totals_bytes["dram"] > cap:
+        if totals["dram"] > cap:
             out.append(Finding(
                 "dram_capacity",
-                f"the DRAM total exceeds the fleet's DRAM ({sz.totals_bytes['dram'] / cap:.2f}x)",
+                f"the {which}DRAM total exceeds the fleet's DRAM ({totals['dram'] / cap:.2f}x)",
                 f"{num(fl.nodes)} nodes x {gib(fl.dram_per_node_bytes)} = {num(round(tib(cap)))} TiB "
-                f"vs DRAM total {num(round(tib(sz.totals_bytes['dram'])))} TiB",
+                f"vs {which}DRAM total {num(round(tib(totals['dram'])))} TiB",
             ))
     return out
 
@@ -153,32 +155,10 @@ def _source(sz: Sizing) -> list[Finding]:
         ))
 
     # ---- totals that hold more than their rows
-    for tier in scn.unattributed_bytes:
-        extra = scn.unattributed_bytes[tier]
-        if extra <= 0:
-            continue
-        listed = sum(it.bytes for it in sz.tier_items(tier) if not it.id.startswith("unattributed"))
-        if listed <= 0:
-            continue
-        factor = (listed + extra) / listed
-        if abs(factor - TIB_OVER_TB) < 1e-4:
-            out.append(Finding(
-                f"unattributed_{tier}",
-                f"the {TIER_LABELS[tier]} total is its listed rows x "
-                f"2^40/10^12 ({TIB_OVER_TB:.4f}): a TB->TiB conversion applied to figures already in "
-                f"TiB would give exactly this; the unattributed {num(round(tib(extra)))} TiB may be a "
-                f"unit slip, not storage",
-                f"listed {num(round(tib(listed)))} TiB x {TIB_OVER_TB:.6f} = "
-                f"{num(round(tib(listed) * TIB_OVER_TB))} TiB; listed + unattributed = "
-                f"{num(round(tib(listed + extra)))} TiB",
-            ))
-        else:
-            out.append(Finding(
-                f"unattributed_{tier}",
-                f"the {TIER_LABELS[tier]} total holds {num(round(tib(extra)))} TiB ({extra / listed:.1%} of its "
-                f"listed rows) that no listed input explains",
-                f"listed {num(round(tib(listed)))} TiB + unattributed {num(round(tib(extra)))} TiB",
-            ))
+    for tier in UNATTRIBUTED_TIERS:
+        f = _unattributed(sz, tier)
+        if f is not None:
+            out.append(f)
 
     # ---- fleet shape
     gpn = fl.gpus / fl.nodes
@@ -196,3 +176,40 @@ def _source(sz: Sizing) -> list[Finding]:
             f"{num(round(tib(fl.gpus / TYPICAL_GPUS_PER_NODE * fl.rack_ssd_per_node_bytes)))} TiB",
         ))
     return out
+
+
+def _unattributed(sz: Sizing, tier: str) -> Finding | None:
+    """What a tier's total holds beyond its listed rows, and whether it is the rows x
+    2^40/10^12 (the rows' size in TB printed as TiB)."""
+    extra = sz.item(f"unattributed_{tier}")
+    listed = sum(it.bytes for it in sz.tier_items(tier) if not it.id.startswith("unattributed"))
+    if extra.bytes <= 0 or listed <= 0:
+        return None
+    rows, total = tib(listed), tib(listed + extra.bytes)
+    arithmetic = (f"listed {num(round(rows))} TiB x {TIB_OVER_TB:.6f} = {num(round(rows * TIB_OVER_TB))}; "
+                  f"listed + unattributed = {num(round(total))} TiB")
+    if extra.source_only:
+        return Finding(
+            f"unattributed_{tier}",
+            f"the source's {TIER_LABELS[tier]} total is its listed rows x 2^40/10^12 "
+            f"({TIB_OVER_TB:.4f}): the rows (TiB) converted to TB and printed as TiB, a unit slip; "
+            f"kvbench reproduces it as the source's ({num(round(total))} TiB) and gives the corrected "
+            f"total ({num(round(rows))} TiB = {num(round(listed / 1e12))} TB) beside it",
+            arithmetic + " (unattributed.rule: source_unit_slip, recomputed in every sizing and sweep)",
+        )
+    factor = (listed + extra.bytes) / listed
+    if abs(factor - TIB_OVER_TB) < 1e-4:
+        return Finding(
+            f"unattributed_{tier}",
+            f"the {TIER_LABELS[tier]} total is its listed rows x 2^40/10^12 ({TIB_OVER_TB:.4f}): "
+            f"the rows (TiB) converted to TB and printed as TiB would give exactly this; the "
+            f"unattributed {num(round(tib(extra.bytes)))} TiB may be a unit slip, not storage "
+            f"(unattributed.rule: source_unit_slip does the source's arithmetic in every sizing)",
+            arithmetic,
+        )
+    return Finding(
+        f"unattributed_{tier}",
+        f"the {TIER_LABELS[tier]} total holds {num(round(tib(extra.bytes)))} TiB ({extra.bytes / listed:.1%} "
+        f"of its listed rows) that no listed input explains",
+        f"listed {num(round(rows))} TiB + unattributed {num(round(tib(extra.bytes)))} TiB",
+    )

@@ -323,8 +323,11 @@ def measure(scn: Scenario, paths: list[str]) -> Measured:
             cur.placement, reuse_dram_fraction=split["dram"], reuse_nvme_fraction=split["nvme"]))
         sz = compute(cur, kv_bytes_per_token=bpt, kv_source=kv_src)
     m.sizing = sz
-    for tier, cost in sz.costs_usd.items():
+    # costs of the bytes held: the corrected totals (a source's unit slip holds none)
+    slip = " (corrected: no unit slip)" if sz.has_source_slip else ""
+    for tier, cost in sz.corrected_costs_usd.items():
         m.replacements.append(Replacement(
             f"cost, {TIER_SHORT[tier]} (${scn.prices_usd_per_gb[tier]:g}/GB)",
-            f"${assumed.costs_usd[tier]:,.0f}", f"${cost:,.0f}", "tier total x price (GB = 1e9 B)"))
+            f"${assumed.corrected_costs_usd[tier]:,.0f}", f"${cost:,.0f}",
+            f"tier total{slip} x price (GB = 1e9 B)"))
     return m

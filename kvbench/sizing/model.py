@@ -12,6 +12,9 @@ The arithmetic is the published model's (docs/sizing.md, "How the model works"):
     dram   = live x DRAM share + reuse x DRAM share + host state + unattributed DRAM
     nvme   = live x NVMe share + reuse x NVMe share + nodes x rack SSD/node + unattributed NVMe
     remote = the central datalake, given
+    unattributed = given, or (unattributed.rule: source_unit_slip) the tier's listed rows x
+                   (2^40/10^12 - 1): the source's totals are its TiB rows x 2^40/10^12
+    corrected total = the tier's rows without the source's unit slip
 
 (tiers by kvbench's names: ``nvme`` is the published model's rack SSD, ``remote`` its
 datalake)
@@ -24,8 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvbench.sizing.numbers import GB, num, tib
-from kvbench.sizing.scenario import TIERS, Scenario
+from kvbench.sizing.numbers import GB, TIB_OVER_TB, num, tib
+from kvbench.sizing.scenario import TIERS, UNATTRIBUTED_TIERS, Scenario
 
 SECONDS_PER_DAY = 86_400  # the reference's "x 86,400"
 HOURS_PER_DAY = 24
@@ -45,12 +48,16 @@ class Quantity:
 
 @dataclass(frozen=True)
 class LineItem:
+    """One row of a tier. ``source_only``: a figure of the source's arithmetic that holds no
+    bytes (its unit slip): in the total as the source computed it, not in the corrected one."""
+
     id: str
     tier: str
     label: str
     bytes: float
     formula: str
     provenance: str = ""
+    source_only: bool = False
 
     @property
     def tib(self) -> float:
@@ -59,6 +66,11 @@ class LineItem:
 
 @dataclass(frozen=True)
 class Sizing:
+    """Line items and tier totals (bytes). ``totals_bytes`` sums every line, so where the
+    scenario reproduces the source's arithmetic (unattributed.rule: source_unit_slip) it is
+    the total as the source computed it; ``corrected_totals_bytes`` leaves the source's unit
+    slip out. Without such a rule the two are equal."""
+
     scenario: Scenario
     quantities: dict[str, Quantity]
     items: tuple[LineItem, ...]
@@ -88,6 +100,28 @@ class Sizing:
     def totals_tib(self) -> dict[str, float]:
         return {t: tib(b) for t, b in self.totals_bytes.items()}
 
+    @property
+    def corrected_totals_bytes(self) -> dict[str, float]:
+        """Tier totals without the source's unit slip: the bytes the listed rows hold."""
+        return {t: sum(it.bytes for it in self.items if it.tier == t and not it.source_only)
+                for t in self.totals_bytes}
+
+    @property
+    def corrected_totals_tib(self) -> dict[str, float]:
+        return {t: tib(b) for t, b in self.corrected_totals_bytes.items()}
+
+    @property
+    def corrected_costs_usd(self) -> dict[str, float]:
+        """Cost per priced tier of its corrected total (US$, GB = 1e9 B)."""
+        prices = self.scenario.prices_usd_per_gb
+        return {t: self.corrected_totals_bytes[t] / GB * prices[t] for t in self.costs_usd}
+
+    @property
+    def has_source_slip(self) -> bool:
+        """True when some total is the source's (its unit slip included) and differs from
+        the corrected one."""
+        return any(it.source_only and it.bytes for it in self.items)
+
 
 def weights_bytes(scn: Scenario) -> Quantity:
     """Fleet-wide weights resident in HBM, from whichever route the scenario gives."""
@@ -109,19 +143,10 @@ def weights_bytes(scn: Scenario) -> Quantity:
     )
 
 
-def compute(scn: Scenario, *, kv_bytes_per_token: float | None = None,
-            kv_source: str = "") -> Sizing:
-    """Size every tier for ``scn``. ``kv_bytes_per_token`` replaces the model/format value
-    (measured mode); ``kv_source`` says where it came from."""
-    d, p, fl = scn.demand, scn.placement, scn.fleet
+def _kv_per_token(scn: Scenario, put, kv_bytes_per_token: float | None,
+                  kv_source: str) -> tuple[float, float]:
+    """KV bytes per token and the per-sequence constant of sliding-window layers (B)."""
     model, fmt = scn.model, scn.fmt
-    Q: dict[str, Quantity] = {}
-
-    def put(q: Quantity) -> float:
-        Q[q.id] = q
-        return q.value
-
-    # ---- KV bytes per token (and the per-sequence constant of sliding-window layers)
     spec_bpt = model.kv_bytes_per_token(fmt)
     if kv_bytes_per_token is None:
         bpt = put(Quantity(
@@ -139,8 +164,20 @@ def compute(scn: Scenario, *, kv_bytes_per_token: float | None = None,
                      seq_const, "B", "model",
                      f"{model.sliding_layers} sliding layers x {model.sliding_window}-token window "
                      f"x per-layer bytes = {num(seq_const)} B"))
+    return bpt, seq_const
 
-    # ---- demand
+
+def _given_or(put, key: str, label: str, given: float | None, unit: str, derived: float,
+              formula: str) -> float:
+    """A quantity that is given when the scenario gives it, else derived by ``formula``."""
+    if given is not None:
+        return put(Quantity(key, label, given, unit, "given", f"given: {num(given)}"))
+    return put(Quantity(key, label, derived, unit, "derived", formula))
+
+
+def _demand(scn: Scenario, put) -> None:
+    """Tokens per request, peak-day tokens and active sequences (Little's law)."""
+    d = scn.demand
     tpr = put(Quantity(
         "tokens_per_request", "tokens / request", d.tokens_per_request, "tok", "derived",
         f"input + RAG + output = {num(d.input_tokens_per_request)} + "
@@ -150,71 +187,60 @@ def compute(scn: Scenario, *, kv_bytes_per_token: float | None = None,
     avg = f" x {num(d.day_average_over_peak)} (day average / peak)" if d.day_average_over_peak != 1 else ""
     put(Quantity("peak_day_tokens_from_qps", "peak-day tokens (from QPS)", qps_day, "tok", "derived",
                  f"QPS x tokens/request x 86,400 s = {num(d.peak_qps)} x {num(tpr)} x 86,400{avg}"))
-    if d.peak_day_tokens is not None:
-        day = put(Quantity("peak_day_tokens", "peak-day tokens", d.peak_day_tokens, "tok", "given",
-                           f"given: {num(d.peak_day_tokens)}"))
-    else:
-        day = put(Quantity("peak_day_tokens", "peak-day tokens", qps_day, "tok", "derived",
-                           "= peak-day tokens (from QPS)"))
-    if d.active_prefill_sequences is not None:
-        pre = put(Quantity("active_prefill_sequences", "active prefill sequences",
-                           d.active_prefill_sequences, "seq", "given",
-                           f"given: {num(d.active_prefill_sequences)}"))
-    else:
-        pre = put(Quantity("active_prefill_sequences", "active prefill sequences",
-                           d.peak_qps * d.ttft_s, "seq", "derived",
-                           f"QPS x TTFT = {num(d.peak_qps)} x {num(d.ttft_s)} s"))
-    if d.active_decode_sequences is not None:
-        dec = put(Quantity("active_decode_sequences", "active decode sequences",
-                           d.active_decode_sequences, "seq", "given",
-                           f"given: {num(d.active_decode_sequences)}"))
-    else:
-        dec = put(Quantity(
-            "active_decode_sequences", "active decode sequences",
-            d.peak_qps * d.output_tokens_per_request / d.decode_tok_s_per_request, "seq", "derived",
-            f"QPS x output tokens / decode tok/s = {num(d.peak_qps)} x "
-            f"{num(d.output_tokens_per_request)} / {num(d.decode_tok_s_per_request)}",
-        ))
-    act = put(Quantity("active_sequences", "active sequences", pre + dec, "seq", "derived",
-                       f"prefill + decode = {num(pre)} + {num(dec)}"))
+    _given_or(put, "peak_day_tokens", "peak-day tokens", d.peak_day_tokens, "tok", qps_day,
+              "= peak-day tokens (from QPS)")
+    pre = _given_or(put, "active_prefill_sequences", "active prefill sequences",
+                    d.active_prefill_sequences, "seq", d.peak_qps * d.ttft_s,
+                    f"QPS x TTFT = {num(d.peak_qps)} x {num(d.ttft_s)} s")
+    dec = _given_or(put, "active_decode_sequences", "active decode sequences",
+                    d.active_decode_sequences, "seq",
+                    d.peak_qps * d.output_tokens_per_request / d.decode_tok_s_per_request,
+                    f"QPS x output tokens / decode tok/s = {num(d.peak_qps)} x "
+                    f"{num(d.output_tokens_per_request)} / {num(d.decode_tok_s_per_request)}")
+    put(Quantity("active_sequences", "active sequences", pre + dec, "seq", "derived",
+                 f"prefill + decode = {num(pre)} + {num(dec)}"))
 
-    # ---- KV sizes
+
+def _kv_sizes(scn: Scenario, Q: dict[str, Quantity], put, bpt: float, seq_const: float) -> None:
+    """Live KV (a hot window per active sequence) and the reuse cache, in bytes."""
+    p = scn.placement
+    act, tpr, day = Q["active_sequences"].value, Q["tokens_per_request"].value, Q["peak_day_tokens"].value
     live_tok = put(Quantity(
         "live_tokens_per_sequence", "live KV tokens / sequence",
         min(p.hot_window_tokens, tpr), "tok", "derived",
         f"min(hot window, tokens/request) = min({num(p.hot_window_tokens)}, {num(tpr)})",
     ))
     const_txt = f" + {num(act)} x {num(seq_const)} B" if seq_const else ""
-    live = put(Quantity(
+    put(Quantity(
         "live_kv_bytes", "live KV", act * (live_tok * bpt + seq_const), "B", "derived",
         f"active sequences x live tokens x KV B/token = {num(act)} x {num(live_tok)} x "
         f"{num(bpt)} B{const_txt}",
     ))
     hours = p.reuse_retention_hours / HOURS_PER_DAY
-    reuse = put(Quantity(
+    put(Quantity(
         "reuse_kv_bytes", "KV reuse cache", day * hours * p.reuse_retention_fraction * bpt, "B",
         "derived",
         f"peak-day tokens x retention h / 24 h x retained fraction x KV B/token = {num(day)} x "
         f"{num(p.reuse_retention_hours)}/24 x {num(p.reuse_retention_fraction)} x {num(bpt)} B",
     ))
-    w = put(weights_bytes(scn))
+
+
+def _listed_rows(scn: Scenario, Q: dict[str, Quantity]) -> list[LineItem]:
+    """The line items the source lists (every line but the unattributed ones)."""
+    p, fl = scn.placement, scn.fleet
+    live, reuse, act = Q["live_kv_bytes"].value, Q["reuse_kv_bytes"].value, Q["active_sequences"].value
 
     def share(whole: str, frac: float, what: str) -> str:
         q = Q[whole + "_bytes"]
         return f"{q.label} x {what} share = {num(round(tib(q.value), 2))} TiB x {num(frac)}"
 
-    def unattributed(tier: str) -> LineItem:
-        b = scn.unattributed_bytes[tier]
-        return LineItem(f"unattributed_{tier}", tier, "unattributed in source", b,
-                        f"given: {num(tib(b))} TiB", scn.unattributed_provenance)
-
-    items = [
+    return [
         LineItem("live_kv_hot", "hbm", "live KV (hot)", live * p.live_hbm_fraction,
                  share("live_kv", p.live_hbm_fraction, "HBM")),
         LineItem("gpu_overheads", "hbm", "GPU overheads", fl.gpus * fl.overhead_per_gpu_bytes,
                  f"GPUs x overhead/GPU = {num(fl.gpus)} x {num(fl.overhead_per_gpu_bytes / 2**30)} GiB"),
-        LineItem("weights", "hbm", "weights", w, Q["weights_bytes"].formula, scn.weights.provenance),
-        unattributed("hbm"),
+        LineItem("weights", "hbm", "weights", Q["weights_bytes"].value, Q["weights_bytes"].formula,
+                 scn.weights.provenance),
         LineItem("live_kv_warm", "dram", "live KV (warm)", live * p.live_dram_fraction,
                  share("live_kv", p.live_dram_fraction, "DRAM")),
         LineItem("reuse_dram", "dram", "KV reuse cache", reuse * p.reuse_dram_fraction,
@@ -222,7 +248,6 @@ def compute(scn: Scenario, *, kv_bytes_per_token: float | None = None,
         LineItem("host_state", "dram", "host buffers/state", act * p.host_state_per_sequence_bytes,
                  f"active sequences x host state/sequence = {num(act)} x "
                  f"{num(p.host_state_per_sequence_bytes)} B"),
-        unattributed("dram"),
         LineItem("live_kv_offload", "nvme", "live KV (offload)", live * p.live_nvme_fraction,
                  share("live_kv", p.live_nvme_fraction, "NVMe")),
         LineItem("reuse_nvme", "nvme", "KV reuse cache", reuse * p.reuse_nvme_fraction,
@@ -230,10 +255,50 @@ def compute(scn: Scenario, *, kv_bytes_per_token: float | None = None,
         LineItem("rack_ssd_caches", "nvme", "local rack SSD caches/logs",
                  fl.nodes * fl.rack_ssd_per_node_bytes,
                  f"nodes x rack SSD/node = {num(fl.nodes)} x {num(fl.rack_ssd_per_node_bytes / 1e12)} TB"),
-        unattributed("nvme"),
         LineItem("datalake", "remote", "RAG + logs + caches (central)", scn.datalake_bytes,
                  f"given: {num(tib(scn.datalake_bytes))} TiB", scn.datalake_provenance),
     ]
+
+
+def unattributed_item(scn: Scenario, tier: str, listed_bytes: float) -> LineItem:
+    """What a published total holds beyond the tier's listed rows (``listed_bytes``).
+
+    Rule "given": the scenario's amount, a storage figure. Rule "source_unit_slip": the
+    source's arithmetic, listed rows x (2^40/10^12 - 1), so that rows + this line is the
+    total as the source computed it (its rows, in TiB, converted to TB and printed as TiB);
+    the line holds no bytes (``source_only``) and the corrected total leaves it out."""
+    if scn.unattributed_rule == "source_unit_slip":
+        b = listed_bytes * (TIB_OVER_TB - 1)
+        return LineItem(f"unattributed_{tier}", tier, "source's unit slip (not storage)", b,
+                        f"source's arithmetic: listed rows x (2^40/10^12 - 1) = "
+                        f"{num(round(tib(listed_bytes), 2))} TiB x {TIB_OVER_TB - 1:.6f}",
+                        scn.unattributed_provenance, source_only=True)
+    b = scn.unattributed_bytes[tier]
+    return LineItem(f"unattributed_{tier}", tier, "unattributed in source", b,
+                    f"given: {num(tib(b))} TiB", scn.unattributed_provenance)
+
+
+def compute(scn: Scenario, *, kv_bytes_per_token: float | None = None,
+            kv_source: str = "") -> Sizing:
+    """Size every tier for ``scn``. ``kv_bytes_per_token`` replaces the model/format value
+    (measured mode); ``kv_source`` says where it came from."""
+    Q: dict[str, Quantity] = {}
+
+    def put(q: Quantity) -> float:
+        Q[q.id] = q
+        return q.value
+
+    bpt, seq_const = _kv_per_token(scn, put, kv_bytes_per_token, kv_source)
+    _demand(scn, put)
+    _kv_sizes(scn, Q, put, bpt, seq_const)
+    put(weights_bytes(scn))
+    listed = _listed_rows(scn, Q)
+    items = []
+    for tier in TIERS:  # in LINE_IDS order: a tier's listed rows, then its unattributed line
+        rows = [it for it in listed if it.tier == tier]
+        items += rows
+        if tier in UNATTRIBUTED_TIERS:
+            items.append(unattributed_item(scn, tier, sum(it.bytes for it in rows)))
     totals = {t: sum(it.bytes for it in items if it.tier == t) for t in TIERS}
     costs = {t: totals[t] / GB * price for t, price in scn.prices_usd_per_gb.items()}
     return Sizing(scn, Q, tuple(items), totals, costs)

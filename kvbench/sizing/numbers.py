@@ -5,6 +5,11 @@ from __future__ import annotations
 from kvbench.units import EB, PB, TB, TiB
 
 GB = 10**9
+#: 2^40 / 10^12 = 1.0995...: TiB -> TB. The published model's tier totals are its listed rows
+#: (TiB) x this factor, printed as TiB: its rows in TB under a TiB label (kvbench.sizing.lint).
+TIB_OVER_TB = 2**40 / 10**12
+#: The published model's "EB" and "PiB": its TiB / 10^6 and TiB / 10^3 (Exhibits 11 and 12).
+SOURCE_EB_TIB = 10**6
 
 
 def num(x: float) -> str:

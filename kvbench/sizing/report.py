@@ -16,15 +16,17 @@ from kvbench.results import write_bytes_atomic
 from kvbench.sizing.lint import Finding
 from kvbench.sizing.measured import Measured
 from kvbench.sizing.model import Sizing, published_comparison
-from kvbench.sizing.numbers import num, plain, seconds, sig3, tib, tib_str, usd
+from kvbench.sizing.numbers import SOURCE_EB_TIB, num, plain, seconds, sig3, tib, tib_str, usd
 from kvbench.sizing.scenario import TIER_LABELS, TIERS
-from kvbench.sizing.sweep import SWEEP_KEYS, Sweep
+from kvbench.sizing.sweep import SWEEP_KEYS, Sweep, rules_in_force
 
 #: /2: tiers by kvbench's names (nvme, remote; were ssd, datalake), line ids reuse_nvme and
 #: unattributed_nvme (were reuse_ssd, unattributed_ssd)
 JSON_SCHEMA = "kvbench.sizing/2"
 UNITS_NOTE = ("TiB = 2^40 B (the source's unit; its 'PiB' column is TiB / 1000); "
               "PB = 10^15 B, EB = 10^18 B; prices per GB, GB = 10^9 B")
+SLIP_NOTE = ("'as the source computed': the source's arithmetic, listed rows x 2^40/10^12 (its TiB rows "
+             "in TB, printed as TiB); 'corrected': the rows alone, the bytes they hold")
 
 
 # ------------------------------------------------------------------------ terminal
@@ -63,11 +65,11 @@ def breakdown_table(sz: Sizing, measured: Sizing | None = None):
     if show.costs_usd:
         t.add_column("cost", justify="right")
 
-    def row(tier_label, label, key, a_bytes, m_bytes, cost=None, bold=False):
+    def row(tier_label, label, key, a_bytes, m_bytes, cost=None, bold=False, storage=True):
         cells = [tier_label, label]
         if measured is not None:
             cells.append(tib_str(a_bytes))
-        cells += [tib_str(m_bytes), plain(m_bytes)]
+        cells += [tib_str(m_bytes), plain(m_bytes) if storage else ""]
         if pub:
             r = pub.get(key)
             if r is None:
@@ -85,12 +87,19 @@ def breakdown_table(sz: Sizing, measured: Sizing | None = None):
             m_bytes = measured.item(it.id).bytes if measured else it.bytes
             if it.id.startswith("unattributed") and it.bytes == 0:
                 continue
-            row(TIER_LABELS[tier], it.label, it.id, it.bytes, m_bytes)
-        m_total = (measured or sz).totals_bytes[tier]
-        row(TIER_LABELS[tier], "total", f"total_{tier}", sz.totals_bytes[tier], m_total,
-            cost=show.costs_usd.get(tier), bold=True)
+            row(TIER_LABELS[tier], it.label, it.id, it.bytes, m_bytes, storage=not it.source_only)
+        slip = _tier_has_slip(sz, tier)
+        row(TIER_LABELS[tier], "total, as the source computed" if slip else "total", f"total_{tier}",
+            sz.totals_bytes[tier], show.totals_bytes[tier], cost=show.costs_usd.get(tier), bold=True)
+        if slip:
+            row(TIER_LABELS[tier], "total, corrected (no unit slip)", None, sz.corrected_totals_bytes[tier],
+                show.corrected_totals_bytes[tier], cost=show.corrected_costs_usd.get(tier), bold=True)
         t.add_section()
     return t
+
+
+def _tier_has_slip(sz: Sizing, tier: str) -> bool:
+    return any(it.source_only and it.bytes for it in sz.tier_items(tier))
 
 
 def units_note(sz: Sizing) -> str:
@@ -98,6 +107,8 @@ def units_note(sz: Sizing) -> str:
     if sz.scenario.published_tib:
         note += ("\n'ok' vs published: within 0.1% of the published figure, or equal at its "
                  "printed precision (whole TiB)")
+    if sz.has_source_slip:
+        note += "\n" + SLIP_NOTE
     return note
 
 
@@ -120,8 +131,32 @@ def explain_tables(sz: Sizing):
         f.add_row(f"{TIER_LABELS[it.tier]}: {it.label}", tib_str(it.bytes), it.formula, it.provenance)
     for tier in TIERS:
         parts = " + ".join(tib_str(it.bytes) for it in sz.tier_items(tier))
-        f.add_row(f"{TIER_LABELS[tier]}: total", tib_str(sz.totals_bytes[tier]), f"sum of rows = {parts}", "")
-    return q, f
+        if not _tier_has_slip(sz, tier):
+            f.add_row(f"{TIER_LABELS[tier]}: total", tib_str(sz.totals_bytes[tier]), f"sum of rows = {parts}", "")
+            continue
+        rows = " + ".join(tib_str(it.bytes) for it in sz.tier_items(tier) if not it.source_only)
+        f.add_row(f"{TIER_LABELS[tier]}: total, as the source computed", tib_str(sz.totals_bytes[tier]),
+                  f"sum of rows, its unit slip included = {parts} (= rows x 2^40/10^12)",
+                  sz.scenario.unattributed_provenance)
+        f.add_row(f"{TIER_LABELS[tier]}: total, corrected", tib_str(sz.corrected_totals_bytes[tier]),
+                  f"sum of rows without the unit slip = {rows} "
+                  f"({plain(sz.corrected_totals_bytes[tier])})", "")
+    return q, f, sweep_rules_table(sz.scenario)
+
+
+def sweep_rules_table(scn):
+    """What each --sweep key sets and what follows it, by the scenario's rules in force."""
+    from rich.table import Table
+
+    prov = scn.demand.sweep_scaling.provenance
+    t = Table(title="Sweep rules in force (--sweep KEY=V1,V2,...)",
+              caption=f"demand.sweep_scaling provenance: {prov}" if prov else
+              "demand.sweep_scaling: no provenance given (kvbench defaults)")
+    for col in ("key", "sets", "what follows (rule in force)"):
+        t.add_column(col, overflow="fold")
+    for r in rules_in_force(scn):
+        t.add_row(r.key, r.sets, "\n".join(r.follows))
+    return t
 
 
 def print_lint(c, findings: list[Finding], heading: str = "Lint") -> None:
@@ -179,33 +214,108 @@ def print_measured(c, m: Measured) -> None:
             c.print(f"  - {x.quantity}: {x.how}", markup=False)
 
 
-def sweep_table(sw: Sweep):
-    from rich.table import Table
+def _sweep_arithmetics(sw: Sweep) -> list[tuple[str, str]]:
+    """(label, Sizing attribute) of the totals a sweep shows: the source's and the corrected
+    ones where a point carries the source's unit slip, else the one sum of rows."""
+    if any(s.has_source_slip for s in sw.sizings):
+        return [("as the source computed", "totals_bytes"), ("corrected", "corrected_totals_bytes")]
+    return [("", "totals_bytes")]
 
+
+def _sweep_note(sw: Sweep) -> str:
     scn = sw.sizings[0].scenario
     note = SWEEP_KEYS[sw.key]
-    if sw.key == "input_tokens":
+    if sw.key in ("input_tokens", "rag_tokens", "output_tokens"):
         s = scn.demand.sweep_scaling
         note += (f"; rag_tokens: {s.rag_tokens}, output_tokens: {s.output_tokens}, "
-                 f"peak_day_tokens: {s.peak_day_tokens}")
-    t = Table(title=f"Sweep of {sw.key}: tier totals (TiB)", caption=f"{note}. {UNITS_NOTE}")
+                 f"peak_day_tokens: {s.peak_day_tokens} (--explain: sweep rules)")
+    return note
+
+
+def sweep_table(sw: Sweep):
+    """Tier totals (TiB) per swept value; two rows per value (as the source computed,
+    corrected) where the scenario reproduces the source's unit slip."""
+    from rich.table import Table
+
+    arithmetics = _sweep_arithmetics(sw)
+    both = len(arithmetics) > 1
+    caption = f"{_sweep_note(sw)}. {UNITS_NOTE}" + (f". {SLIP_NOTE}" if both else "")
+    t = Table(title=f"Sweep of {sw.key}: tier totals (TiB)", caption=caption)
     t.add_column(sw.key, justify="right")
-    if sw.key == "input_tokens":
+    if sw.key in ("input_tokens", "rag_tokens", "output_tokens"):
         t.add_column("tokens/req", justify="right")
+    if both:
+        t.add_column("totals")
     for tier in TIERS:
         t.add_column(f"{TIER_LABELS[tier]} TiB", justify="right")
     t.add_column("all tiers (plain)", justify="right")
     for v, sz in zip(sw.values, sw.sizings):
-        cells = [num(v) if sw.numeric else str(v)]
-        if sw.key == "input_tokens":
-            cells.append(num(round(sz.q("tokens_per_request"), 1)))
-        cells += [tib_str(sz.totals_bytes[t_]) for t_ in TIERS]
-        cells.append(plain(sum(sz.totals_bytes.values())))
-        t.add_row(*cells)
+        for label, attr in arithmetics:
+            totals = getattr(sz, attr)
+            cells = [num(v) if sw.numeric else str(v)]
+            if sw.key in ("input_tokens", "rag_tokens", "output_tokens"):
+                cells.append(num(round(sz.q("tokens_per_request"), 1)))
+            cells += [label] if both else []
+            cells += [tib_str(totals[t_]) for t_ in TIERS]
+            cells.append(plain(sum(totals.values())))
+            t.add_row(*cells)
+        if both:
+            t.add_section()
+    return t
+
+
+def sweep_change_table(sw: Sweep):
+    """Each point's change in tier totals from the first; None for a one-point sweep. Where
+    the scenario reproduces the source, in 10^6 TiB (the source's "EB", as in its Exhibit
+    12), as the source computed it and corrected; otherwise in TiB."""
+    from rich.table import Table
+
+    if len(sw.sizings) < 2:
+        return None
+    arithmetics = _sweep_arithmetics(sw)
+    both = len(arithmetics) > 1
+    first = sw.sizings[0]
+    start = num(sw.values[0]) if sw.numeric else sw.values[0]
+    if both:
+        unit, caption = "10^6 TiB: the source's 'EB'", ("the source's 'EB' is its TiB / 10^6 (its 'PiB' is "
+                                                       f"TiB / 1000). {SLIP_NOTE}; ")
+    else:
+        unit, caption = "TiB", ""
+    t = Table(title=f"Sweep of {sw.key}: change from {sw.key}={start} ({unit})",
+              caption=caption + "'plain': the change in bytes of the corrected totals, EB = 10^18 B")
+    t.add_column(sw.key, justify="right")
+    if both:
+        t.add_column("totals")
+    for tier in TIERS:
+        t.add_column(f"{TIER_LABELS[tier]}", justify="right")
+    t.add_column("all tiers (plain)", justify="right")
+    for v, sz in zip(sw.values[1:], sw.sizings[1:]):
+        for label, attr in arithmetics:
+            now, then = getattr(sz, attr), getattr(first, attr)
+            cells = [num(v) if sw.numeric else str(v)] + ([label] if both else [])
+            for tier in TIERS:
+                change = now[tier] - then[tier]
+                cells.append(f"{tib(change) / SOURCE_EB_TIB:+,.3f}" if both else
+                             ("+" if change >= 0 else "-") + tib_str(abs(change)))
+            if attr == "corrected_totals_bytes" or not both:  # bytes: the corrected totals
+                change = sum(sz.corrected_totals_bytes.values()) - sum(first.corrected_totals_bytes.values())
+                cells.append(("+" if change >= 0 else "-") + plain(abs(change)))
+            else:
+                cells.append("")
+            t.add_row(*cells)
+        if both:
+            t.add_section()
     return t
 
 
 # ------------------------------------------------------------------------ JSON
+#: what "totals" (bytes, tib) hold; "corrected_*" is always the sum of rows without a unit slip
+_TOTALS_ARITHMETIC = {
+    True: "as the source computed: listed rows x 2^40/10^12 (unattributed.rule: source_unit_slip)",
+    False: "sum of rows (equal to corrected)",
+}
+
+
 def _sizing_dict(sz: Sizing) -> dict[str, Any]:
     pub = {r.key: r for r in published_comparison(sz)}
 
@@ -220,12 +330,16 @@ def _sizing_dict(sz: Sizing) -> dict[str, Any]:
         "quantities": {k: dataclasses.asdict(q) for k, q in sz.quantities.items()},
         "line_items": [
             {"id": it.id, "tier": it.tier, "label": it.label, "bytes": it.bytes, "tib": it.tib,
-             "formula": it.formula, "provenance": it.provenance, **pubinfo(it.id)}
+             "formula": it.formula, "provenance": it.provenance, "source_only": it.source_only,
+             **pubinfo(it.id)}
             for it in sz.items
         ],
-        "totals": {t: {"bytes": b, "tib": tib(b), **pubinfo(f"total_{t}")}
+        "totals": {t: {"bytes": b, "tib": tib(b), "corrected_bytes": sz.corrected_totals_bytes[t],
+                       "corrected_tib": sz.corrected_totals_tib[t], **pubinfo(f"total_{t}")}
                    for t, b in sz.totals_bytes.items()},
+        "totals_arithmetic": _TOTALS_ARITHMETIC[sz.has_source_slip],
         "costs_usd": dict(sz.costs_usd),
+        "corrected_costs_usd": sz.corrected_costs_usd,
     }
 
 
@@ -260,10 +374,14 @@ def to_json(sz: Sizing, findings: list[Finding], measured: Measured | None = Non
             "key": sweep.key,
             "changes": SWEEP_KEYS[sweep.key],
             "scaling": dataclasses.asdict(scn.demand.sweep_scaling),
+            "rules": [dataclasses.asdict(r) for r in rules_in_force(scn)],
+            "totals_arithmetic": _TOTALS_ARITHMETIC[any(s.has_source_slip for s in sweep.sizings)],
             "rows": [{"value": v, "tokens_per_request": s.q("tokens_per_request"),
+                      "rag_tokens_per_request": s.scenario.demand.rag_tokens_per_request,
+                      "output_tokens_per_request": s.scenario.demand.output_tokens_per_request,
                       "peak_day_tokens": s.q("peak_day_tokens"),
                       "kv_bytes_per_token": s.q("kv_bytes_per_token"),
-                      "totals_tib": s.totals_tib}
+                      "totals_tib": s.totals_tib, "corrected_totals_tib": s.corrected_totals_tib}
                      for v, s in zip(sweep.values, sweep.sizings)],
         }
     return doc
@@ -282,15 +400,19 @@ def plot(path: str | Path, sz: Sizing, sweep: Sweep | None = None) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     if sweep is not None:
         xs = list(range(len(sweep.values))) if not sweep.numeric else list(sweep.values)
+        slip = any(s.has_source_slip for s in sweep.sizings)
         for tier in TIERS:
-            ys = [max(s.totals_tib[tier], 1e-3) for s in sweep.sizings]
-            ax.plot(xs, ys, marker="o", label=TIER_LABELS[tier])
+            ys = [max(s.corrected_totals_tib[tier], 1e-3) for s in sweep.sizings]
+            line, = ax.plot(xs, ys, marker="o", label=TIER_LABELS[tier] + (", corrected" if slip else ""))
+            if slip and any(s.totals_bytes[tier] != s.corrected_totals_bytes[tier] for s in sweep.sizings):
+                ax.plot(xs, [max(s.totals_tib[tier], 1e-3) for s in sweep.sizings], linestyle="--",
+                        color=line.get_color(), label=TIER_LABELS[tier] + ", as the source computed")
         if not sweep.numeric:
             ax.set_xticks(xs, [str(v) for v in sweep.values])
         elif max(sweep.values) / min(sweep.values) > 20:
             ax.set_xscale("log")
         ax.set_xlabel(f"{sweep.key} ({SWEEP_KEYS[sweep.key].split(' (')[0]})")
-        ax.legend()
+        ax.legend(fontsize="small")
         ax.set_title(f"{sz.scenario.name}: tier totals vs {sweep.key}")
     else:
         labels = [TIER_LABELS[t] for t in TIERS]

@@ -16,20 +16,15 @@ See docs/sizing.md for every field.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvbench.errors import KvbenchError
+# SIZE_UNITS, RENAMED_TIERS and renamed_key are part of this module's interface (they
+# live in kvbench.sizing.fields, with the field reader)
+from kvbench.sizing.fields import RENAMED_TIERS, SIZE_UNITS, Section, renamed_key, to_number  # noqa: F401
 from kvbench.spec import KVFormat, ModelSpec, configs_dir, get_format, load_model
-
-#: Unit suffixes accepted on size fields, in bytes. GB = 1e9, GiB = 2**30 (kvbench.units).
-SIZE_UNITS: dict[str, int] = {
-    "bytes": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15, "eb": 10**18,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50,
-}
 
 #: Tiers, by kvbench's tier names (kvbench.tiers; ``remote``: another host's storage,
 #: here the central datalake), and how tables label them (the published model's words
@@ -38,9 +33,6 @@ TIERS = ("hbm", "dram", "nvme", "remote")
 TIER_LABELS = {"hbm": "HBM", "dram": "DRAM", "nvme": "rack SSD (NVMe)", "remote": "central datalake (remote)"}
 #: the tiers' names in running text ("NVMe too slow")
 TIER_SHORT = {"hbm": "HBM", "dram": "DRAM", "nvme": "NVMe", "remote": "remote"}
-#: Old sizing tier names -> kvbench's: a scenario key under an old name is refused with
-#: the new one.
-RENAMED_TIERS = {"ssd": "nvme", "datalake": "remote"}
 #: Line items of a sizing, in print order (kvbench.sizing.model builds them).
 LINE_IDS = (
     "live_kv_hot", "gpu_overheads", "weights", "unattributed_hbm",
@@ -48,28 +40,41 @@ LINE_IDS = (
     "live_kv_offload", "reuse_nvme", "rack_ssd_caches", "unattributed_nvme",
     "datalake",
 )
+#: demand.sweep_scaling: each follower's rules, the default first (SweepScaling).
 SCALING_RULES = {
-    "rag_tokens": ("ratio", "fixed"),
-    "output_tokens": ("ratio", "fixed"),
+    "rag_tokens": ("fixed", "ratio"),
+    "output_tokens": ("fixed", "ratio"),
     "peak_day_tokens": ("per_request", "fixed"),
 }
+#: unattributed.rule: how the amount a published total holds beyond its listed rows is
+#: obtained. "given": the amounts ``unattributed.<tier>_<unit>``. "source_unit_slip": the
+#: source's own arithmetic, each tier's listed rows x (2^40/10^12 - 1), recomputed for every
+#: sizing (sweeps and measured mode included); see kvbench.sizing.model.
+UNATTRIBUTED_RULES = ("given", "source_unit_slip")
+#: tiers whose totals may hold an unattributed amount (the datalake is one given row)
+UNATTRIBUTED_TIERS = ("hbm", "dram", "nvme")
 
 
 # ------------------------------------------------------------------------ dataclasses
 @dataclass(frozen=True)
 class SweepScaling:
-    """How other demand inputs follow ``input_tokens_per_request`` in a sweep.
+    """How other demand inputs follow a swept one (kvbench.sizing.sweep).
 
-    rag_tokens: "ratio" keeps the RAG:input ratio of the scenario; "fixed" keeps the count.
-    output_tokens: "ratio" keeps the input:output ratio; "fixed" keeps the count.
-    peak_day_tokens: "per_request" scales a *given* peak-day token count by
-        (new tokens/request) / (scenario tokens/request); "fixed" keeps it. A derived
-        peak-day count (from QPS) always follows tokens/request.
+    rag_tokens: in an input-token sweep, "fixed" keeps the scenario's RAG count (a one-at-a-
+        time sweep holds the other assumptions unchanged); "ratio" keeps its RAG:input ratio.
+    output_tokens: in an input-token sweep, "fixed" keeps the count; "ratio" keeps the
+        input:output ratio.
+    peak_day_tokens: in any sweep that changes tokens/request (input, RAG or output tokens),
+        "per_request" scales a *given* peak-day token count by (new tokens/request) /
+        (scenario tokens/request); "fixed" keeps it. A derived peak-day count (from QPS)
+        always follows tokens/request.
+    provenance: why these rules (a quote from the source, or "kvbench assumption").
     """
 
-    rag_tokens: str = "ratio"
+    rag_tokens: str = "fixed"
     output_tokens: str = "fixed"
     peak_day_tokens: str = "per_request"
+    provenance: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,11 +163,13 @@ class Scenario:
     datalake_provenance: str
     #: tier -> US$/GB; only tiers given
     prices_usd_per_gb: dict[str, float]
-    #: tier -> bytes held by a published total beyond its listed rows
+    #: tier -> bytes held by a published total beyond its listed rows (rule "given")
     unattributed_bytes: dict[str, float]
     unattributed_provenance: str
     #: line id or "total_<tier>" -> TiB as published (comparison only, never an input)
     published_tib: dict[str, float]
+    #: UNATTRIBUTED_RULES: "given" amounts, or "source_unit_slip" (the source's arithmetic)
+    unattributed_rule: str = "given"
 
     @property
     def model(self) -> ModelSpec:
@@ -174,162 +181,11 @@ class Scenario:
 
 
 # ------------------------------------------------------------------------ validation
-class _Section:
-    """One mapping of the scenario with field-naming error messages."""
-
-    def __init__(self, scn: str, prefix: str, data: Any):
-        self.scn = scn
-        self.prefix = prefix
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise self.error("", "must be a mapping")
-        self.data = dict(data)
-        self.used: set[str] = set()
-
-    def where(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
-
-    def error(self, key: str, msg: str) -> KvbenchError:
-        name = self.where(key) if key else self.prefix
-        sep = "" if msg.startswith(":") else " "
-        return KvbenchError(f"scenario {self.scn}: field {name}{sep}{msg}")
-
-    def has(self, key: str) -> bool:
-        return key in self.data and self.data[key] is not None
-
-    def raw(self, key: str) -> Any:
-        self.used.add(key)
-        return self.data.get(key)
-
-    def number(self, key: str, *, required: bool = True, minimum: float | None = 0.0,
-               strict: bool = True, maximum: float | None = None, integer: bool = False,
-               default: float | None = None) -> float | None:
-        """A number; by default it must be > 0. Strings such as '58.3e12' or
-        '58,300,000' are accepted (YAML 1.1 reads 58.3e12 as a string)."""
-        if not self.has(key):
-            self.used.add(key)
-            if required:
-                raise self.error(key, "is missing")
-            return default
-        value = _to_number(self.raw(key))
-        if value is None:
-            raise self.error(key, f"must be a number (got {self.data[key]!r})")
-        if minimum is not None:
-            if strict and not value > minimum:
-                raise self.error(key, f"must be > {minimum:g} (got {value:g})")
-            if not strict and value < minimum:
-                raise self.error(key, f"must be >= {minimum:g} (got {value:g})")
-        if maximum is not None and value > maximum:
-            raise self.error(key, f"must be <= {maximum:g} (got {value:g})")
-        if integer and value != int(value):
-            raise self.error(key, f"must be a whole number (got {value:g})")
-        return value
-
-    def size(self, base: str, *, required: bool = True, positive: bool = False) -> float | None:
-        """A size in bytes from ``<base>_<unit>`` (exactly one unit suffix)."""
-        keys = [f"{base}_{u}" for u in SIZE_UNITS if self.has(f"{base}_{u}")]
-        for u in SIZE_UNITS:
-            self.used.add(f"{base}_{u}")
-        if len(keys) > 1:
-            raise self.error(keys[1], f"repeats {self.where(keys[0])}: give one unit")
-        if not keys:
-            if required:
-                units = "|".join(SIZE_UNITS)
-                raise self.error(f"{base}_<{units}>", "is missing")
-            return None
-        key = keys[0]
-        value = self.number(key, minimum=0.0, strict=positive)
-        return value * SIZE_UNITS[key[len(base) + 1:]]
-
-    def text(self, key: str, *, required: bool = False, default: str = "") -> str:
-        if not self.has(key):
-            self.used.add(key)
-            if required:
-                raise self.error(key, "is missing")
-            return default
-        value = self.raw(key)
-        if not isinstance(value, (str, int, float)):
-            raise self.error(key, f"must be text (got {type(value).__name__})")
-        return str(value)
-
-    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
-        value = self.text(key, default=default)
-        if value not in options:
-            raise self.error(key, f"must be one of {', '.join(options)} (got {value!r})")
-        return value
-
-    def sub(self, key: str, *, required: bool = True) -> "_Section":
-        if required and not self.has(key):
-            self.used.add(key)
-            raise self.error(key, "is missing")
-        return _Section(self.scn, self.where(key), self.raw(key))
-
-    def split(self, key: str, tiers: tuple[str, ...]) -> dict[str, float]:
-        """A mapping tier -> fraction in [0, 1] that sums to 1."""
-        sec = self.sub(key)
-        out = {t: sec.number(t, required=False, minimum=0.0, strict=False, maximum=1.0, default=0.0)
-               for t in tiers}
-        sec.done()
-        total = sum(out.values())
-        if not math.isclose(total, 1.0, abs_tol=1e-9):
-            parts = " + ".join(f"{t} {v:g}" for t, v in out.items())
-            raise self.error(key, f"fractions must sum to 1 ({parts} = {total:g})")
-        return out
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        for key in unknown:
-            self.refuse_renamed(key, self.used)
-        if unknown:
-            raise self.error(unknown[0], "is not a known field (see docs/sizing.md)")
-
-    def refuse_renamed(self, key: str, known: Any) -> None:
-        """A one-line error when ``key`` is a known key under an old tier name."""
-        new = renamed_key(key)
-        if new is not None and new in known:
-            raise self.error(key, f"uses the old tier name: it is now {self.where(new)} "
-                                  f"(sizing uses kvbench's tier names: {_renames_text()})")
-
-
-def renamed_key(key: str) -> str | None:
-    """``key`` with the old tier names among its ``_``-separated words replaced
-    ('total_ssd_tib' -> 'total_nvme_tib'), or None when it holds none."""
-    words = key.split("_")
-    new = [RENAMED_TIERS.get(w, w) for w in words]
-    return "_".join(new) if new != words else None
-
-
-def _renames_text() -> str:
-    return ", ".join(f"{old} -> {new}" for old, new in RENAMED_TIERS.items())
-
-
-def _to_number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        try:
-            v = float(value.replace("_", "").replace(",", "").strip())
-        except ValueError:
-            return None
-        return v if math.isfinite(v) else None
-    return None
-
-
-def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
-    """Validate a parsed scenario mapping and build a Scenario."""
-    if not isinstance(data, dict):
-        raise KvbenchError(f"scenario {name}: expected a mapping at top level")
-    top = _Section(name, "", data)
-    scn_name = top.text("name", default=name) or name
-    top.scn = scn_name
-
+def _read_demand(top: Section) -> Demand:
     d = top.sub("demand")
     sc = d.sub("sweep_scaling", required=False)
-    scaling = SweepScaling(**{k: sc.choice(k, opts, getattr(SweepScaling, k))
-                              for k, opts in SCALING_RULES.items()})
+    scaling = SweepScaling(**{k: sc.choice(k, opts, opts[0]) for k, opts in SCALING_RULES.items()},
+                           provenance=sc.text("provenance"))
     sc.done()
     demand = Demand(
         peak_qps=d.number("peak_qps"),
@@ -347,7 +203,10 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
         sweep_scaling=scaling,
     )
     d.done()
+    return demand
 
+
+def _read_model(top: Section) -> tuple[ModelSpec, Weights]:
     m = top.sub("model")
     model_name = m.text("name", required=True)
     try:
@@ -372,10 +231,13 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
     if routes[2]:
         if weights.bytes_per_param is None or weights.gpus_per_replica is None:
             raise w.error("", "needs both bytes_per_param and gpus_per_replica")
-        if weights.params is None and _to_number(spec.extra.get("params_total")) is None:
+        if weights.params is None and to_number(spec.extra.get("params_total")) is None:
             raise w.error("params", f"is missing and model {spec.name} has no kvbench.params_total")
     m.done()
+    return spec, weights
 
+
+def _read_format(top: Section) -> str:
     k = top.sub("kv")
     fmt = k.text("format", required=True)
     try:
@@ -383,7 +245,10 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
     except KvbenchError as exc:
         raise k.error("format", f": {exc}") from None
     k.done()
+    return fmt
 
+
+def _read_placement(top: Section) -> Placement:
     p = top.sub("placement")
     live = p.split("live_kv_split", ("hbm", "dram", "nvme"))
     reuse = p.split("reuse_split", ("dram", "nvme"))
@@ -398,7 +263,10 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
         reuse_prefix_tokens=p.number("reuse_prefix_tokens", required=False),
     )
     p.done()
+    return placement
 
+
+def _read_fleet(top: Section) -> Fleet:
     f = top.sub("fleet")
     fleet = Fleet(
         gpus=f.number("gpus", integer=True),
@@ -410,12 +278,10 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
         provenance=f.text("provenance"),
     )
     f.done()
+    return fleet
 
-    dl = top.sub("datalake", required=False)
-    datalake = dl.size("central", required=False) or 0.0
-    datalake_prov = dl.text("provenance")
-    dl.done()
 
+def _read_prices(top: Section) -> dict[str, float]:
     pr = top.sub("prices", required=False)
     prices = {}
     for t in TIERS:
@@ -424,12 +290,24 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
             prices[t] = v
     pr.text("provenance")
     pr.done()
+    return prices
 
+
+def _read_unattributed(top: Section) -> tuple[str, dict[str, float], str]:
+    """(rule, amounts per tier in bytes, provenance) of the ``unattributed`` section."""
     un = top.sub("unattributed", required=False)
-    unattributed = {t: un.size(t, required=False) or 0.0 for t in ("hbm", "dram", "nvme")}
-    un_prov = un.text("provenance")
+    rule = un.choice("rule", UNATTRIBUTED_RULES, "given")
+    amounts = {t: un.size(t, required=False) or 0.0 for t in UNATTRIBUTED_TIERS}
+    provenance = un.text("provenance")
+    if rule != "given" and any(amounts.values()):
+        given = next(t for t, v in amounts.items() if v)
+        raise un.error(f"{given}_<unit>", f"gives an amount while unattributed.rule is {rule}, "
+                                             "which computes it: give one or the other")
     un.done()
+    return rule, amounts, provenance
 
+
+def _read_published(top: Section) -> dict[str, float]:
     pub = top.sub("published", required=False)
     published: dict[str, float] = {}
     published_keys = {f"{k}_tib" for k in (*LINE_IDS, *(f"total_{t}" for t in TIERS))}
@@ -441,24 +319,36 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
             raise pub.error(key, f"names no line item (known: {', '.join(LINE_IDS)}, total_<tier>)")
         published[key[:-4]] = pub.number(key, minimum=0.0, strict=False)
     pub.done()
+    return published
 
+
+def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
+    """Validate a parsed scenario mapping and build a Scenario (sections read in file
+    order, so the first bad field is the one reported)."""
+    if not isinstance(data, dict):
+        raise KvbenchError(f"scenario {name}: expected a mapping at top level")
+    top = Section(name, "", data)
+    scn_name = top.text("name", default=name) or name
+    top.scn = scn_name
+    demand = _read_demand(top)
+    spec, weights = _read_model(top)
+    fmt = _read_format(top)
+    placement = _read_placement(top)
+    fleet = _read_fleet(top)
+    dl = top.sub("datalake", required=False)
+    datalake = dl.size("central", required=False) or 0.0
+    datalake_prov = dl.text("provenance")
+    dl.done()
+    prices = _read_prices(top)
+    un_rule, unattributed, un_prov = _read_unattributed(top)
+    published = _read_published(top)
     scn = Scenario(
-        name=scn_name,
-        description=top.text("description"),
-        source=top.text("source"),
-        path=path,
-        model_name=spec.name,
-        kv_format=fmt,
-        demand=demand,
-        weights=weights,
-        placement=placement,
-        fleet=fleet,
-        datalake_bytes=datalake,
-        datalake_provenance=datalake_prov,
-        prices_usd_per_gb=prices,
-        unattributed_bytes=unattributed,
-        unattributed_provenance=un_prov,
-        published_tib=published,
+        name=scn_name, description=top.text("description"), source=top.text("source"), path=path,
+        model_name=spec.name, kv_format=fmt, demand=demand, weights=weights,
+        placement=placement, fleet=fleet, datalake_bytes=datalake,
+        datalake_provenance=datalake_prov, prices_usd_per_gb=prices,
+        unattributed_bytes=unattributed, unattributed_provenance=un_prov,
+        published_tib=published, unattributed_rule=un_rule,
     )
     top.done()
     return scn

@@ -53,12 +53,15 @@ def test_tiny_run_through_the_cli(tiny_run):
     from kvbench.tiers import TIER_NAMES
 
     assert {"hbm", "dram", "nvme"} <= set(TIER_NAMES)
-    from kvbench.bench.e2e.cases import two_tier_placements
+    from kvbench.bench.e2e.cases import three_tier_placements, two_tier_placements
 
     assert ("dram", "nvme") in two_tier_placements() and ("hbm", "dram") in two_tier_placements()
     assert set(cases) == {"dynamic", "dynamic_offload", "quantized/quanto", "quantized/hqq",
                           *(f"kvbench/{t}/{f}" for t in TIER_NAMES for f in ("fp16", "fp8_e4m3")),
-                          *(f"kvbench/{h}+{c}/{f}" for h, c in two_tier_placements() for f in ("fp16", "fp8_e4m3"))}
+                          *(f"kvbench/{h}+{c}/{f}" for h, c in two_tier_placements() for f in ("fp16", "fp8_e4m3")),
+                          *(f"kvbench/{h}+{w}+{c}/{f}" for h, w, c in three_tier_placements()
+                            for f in ("fp16", "fp8_e4m3"))}
+    assert ("hbm", "dram", "nvme") in three_tier_placements()
     window = cases["kvbench/dram+nvme/fp16"]["config"]
     assert window["hot_tier"] == "dram" and window["tier"] == "nvme"
     assert window["paged"]["hot_window_tokens"] == 8 and window["paged"]["cold_pages_used"] > 0

@@ -2,6 +2,7 @@
 Qwen3 and Mistral models (2 layers, hidden 64, 4 heads, 2 KV heads, vocab 128), greedy
 generation of a left-padded batch of 2 on the dram and nvme tiers."""
 
+import contextlib
 import inspect
 import warnings
 
@@ -13,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 from conftest import requires_cuda  # noqa: E402
 from kvbench.errors import KvbenchError  # noqa: E402
 from kvbench.hf import PagedCache  # noqa: E402
+from kvbench.hf.pages import LEVEL  # noqa: E402
 
 NEW = 64
 PROMPT = 11
@@ -130,7 +132,7 @@ def test_hot_window_generates_what_dynamic_cache_does(tier, hot, window, attenti
             assert cache.attention_paths["copy"] > 0
         d = cache.describe()
         assert d["hot_window_tokens"] == window and d["cold_pages_used"] > 0
-        hot_pages_per_row = max(sum(1 for i in t if i >= 0) for t in cache.pages.tables[0])
+        hot_pages_per_row = max(sum(1 for i in t if i < LEVEL) for t in cache.pages.tables[0])
         assert hot_pages_per_row <= -(-window // 4) + 1
     assert torch.equal(got, ref)
     assert model.config._attn_implementation == "sdpa"  # switched back
@@ -150,6 +152,43 @@ def test_paged_attention_generates_what_dynamic_cache_does(kind, nvme_dir):
     assert torch.equal(got, ref)
 
 
+@pytest.fixture
+def second_host_tier():
+    """A second host-memory tier (a DramTier under another name) for a three-tier chain on
+    a machine whose only tiers are dram and nvme; unregistered after the test."""
+    from kvbench.tiers import TIERS, DramTier, register_tier
+
+    cls = type("SecondDram", (DramTier,), {"name": "dram_b"})
+    register_tier(cls)
+    yield "dram_b"
+    del TIERS["dram_b"]
+
+
+@pytest.mark.parametrize("attention", ["copy", "paged"])
+def test_three_tiers_by_age(second_host_tier, attention, nvme_dir):
+    """A chain of three tiers: the newest 8 tokens on the first, the next 12 on the second,
+    the rest on nvme. Pages land on the level their age gives (a prompt's old pages go
+    straight to nvme), and generation equals DynamicCache's."""
+    from kvbench.hf.attention import use_paged_attention
+
+    model = tiny("llama", torch.float16)
+    ref = generate(model, transformers.DynamicCache())
+    chain = [("dram", 8), (second_host_tier, 12), ("nvme", 0)]
+    with PagedCache(model.config, fmt="fp16", placement=chain, tokens_per_page=4, nvme_dir=nvme_dir) as cache:
+        with use_paged_attention(model) if attention == "paged" else contextlib.nullcontext():
+            got = generate(model, cache)
+        length = cache.get_seq_length()  # PROMPT + NEW - 1 = 74 tokens
+        levels = [r // LEVEL for r in cache.pages.tables[0][1]]
+        # page p (tokens 4p..4p+3) is below level 0 once 4(p+1) <= 74 - 8, below level 1
+        # once 4(p+1) <= 74 - 20: pages 0-12 on nvme, 13-15 on the second tier, 16-18 first
+        assert levels == [2] * ((length - 20) // 4) + [1] * ((length - 8) // 4 - (length - 20) // 4) \
+            + [0] * (len(levels) - (length - 8) // 4)
+        d = cache.describe()
+        assert [lv["window_tokens"] for lv in d["placement"]] == [8, 12, None]
+    assert torch.equal(got, ref)
+    assert not list(nvme_dir.iterdir())
+
+
 def test_hot_window_round_trip_is_bit_exact(nvme_dir):
     model = tiny("llama", torch.bfloat16)
     g = torch.Generator().manual_seed(3)
@@ -163,9 +202,9 @@ def test_hot_window_round_trip_is_bit_exact(nvme_dir):
                 assert torch.equal(k.view(torch.int16), want.view(torch.int16))
                 assert torch.equal(v.view(torch.int16), (-want).view(torch.int16))
         table = cache.pages.tables[1][0]
-        assert len(table) == 10 and sum(i < 0 for i in table) == (38 - 6) // 4
+        assert len(table) == 10 and sum(i >= LEVEL for i in table) == (38 - 6) // 4
         cache.reset()
-        assert cache.pool.num_used == 0 and cache.pages.cold.num_used == 0
+        assert all(pool.num_used == 0 for pool in cache.pages.pools)
 
 
 def test_quantized_formats_agree_in_order_of_precision():
@@ -225,6 +264,11 @@ def test_refusals():
         PagedCache(model.config, tier="dram", hot_tier="dram", hot_window=8)
     with pytest.raises(KvbenchError, match="hot_window"):
         PagedCache(model.config, tier="nvme", hot_tier="dram", hot_window=0)
+    x = torch.zeros(2, 2, 3, 16, dtype=torch.float16)
+    for chain, msg in (([("dram", 0), ("nvme", 0)], "positive window"), ([("dram", 8), ("dram", 0)], "once"),
+                       ([("nvme", 8), ("dram", 0)], "must be memory")):
+        with pytest.raises(KvbenchError, match=msg):
+            PagedCache(model.config, placement=chain).update(x, x, 0)
 
 
 @requires_cuda

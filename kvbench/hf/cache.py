@@ -143,6 +143,9 @@ class PagedCache(Cache):
     hot_tier, hot_window: a placement of two tiers: the ``hot_window`` most recent tokens
         of every layer on ``hot_tier`` (a memory tier), the older ones on ``tier``
         (``kvbench.hf.pages``). ``hot_tier=None``: every page on ``tier``.
+    placement: the general form, instead of the three above: (tier, window tokens)
+        pairs, hottest first, the last window 0 (unbounded), e.g.
+        ``[("hbm", 256), ("dram", 4096), ("nvme", 0)]``.
     tokens_per_page: tokens per page (layout ``layer``).
     max_cache_len: tokens per sequence the pools are sized for, when ``num_pages`` is not
         given (the pools are made on the first update, when the batch size is known).
@@ -164,15 +167,18 @@ class PagedCache(Cache):
                  tokens_per_page: int = 16, *, max_cache_len: int = 4096,
                  num_pages: int | None = None, nvme_dir: str | Path | None = None,
                  side: str | torch.Tensor = "prefill", hot_tier: str | None = None,
-                 hot_window: int = 0) -> None:
+                 hot_window: int = 0, placement: list[tuple[str, int]] | None = None) -> None:
         self.model = model_spec_from_config(model_config)
         self.config = model_config
         self.spec = PageSpec(self.model, get_format(fmt), tokens_per_page, "layer")
-        self.tier_name, self.nvme_dir = tier, nvme_dir
-        if hot_tier is not None and (hot_window <= 0 or hot_tier == tier):
+        self.nvme_dir = nvme_dir
+        if placement is None and hot_tier is not None and (hot_window <= 0 or hot_tier == tier):
             raise KvbenchError(f"a hot window needs a positive hot_window (got {hot_window}) and a hot "
                                f"tier other than {tier!r}")
-        self.hot_tier, self.hot_window = hot_tier, int(hot_window)
+        if placement is None:
+            placement = [(hot_tier, int(hot_window)), (tier, 0)] if hot_tier else [(tier, 0)]
+        self.placement = [(str(t), int(w)) for t, w in placement]
+        self.tier_name = "+".join(t for t, _ in self.placement)
         # private names: transformers' Cache has had max_cache_len / max_batch_size properties
         self._max_tokens, self._num_pages = max_cache_len, num_pages
         if isinstance(side, str) and side not in SIDE_MODES:
@@ -211,9 +217,8 @@ class PagedCache(Cache):
             if b != self.batch:
                 raise KvbenchError(f"PagedCache holds a batch of {self.batch}, got {b} rows")
             return
-        self.pages = PlacedPages(self.spec, int(b), self.model.num_layers, self._max_tokens, self.tier_name,
-                                 self.nvme_dir, hot_tier=self.hot_tier, hot_window=self.hot_window,
-                                 num_pages=self._num_pages)
+        self.pages = PlacedPages(self.spec, int(b), self.model.num_layers, self._max_tokens, self.placement,
+                                 self.nvme_dir, num_pages=self._num_pages)
         self.batch = int(b)
 
     def _write(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> None:

@@ -181,11 +181,11 @@ def logit_errors(logits: torch.Tensor, ref: torch.Tensor) -> tuple[list[float], 
 
 def make_cache_factory(kind: str, model: Any, *, fmt: str = "", tier: str = "",
                        tokens_per_page: int = 16, max_tokens: int = 0,
-                       nvme_dir: Any = None, hot_tier: str | None = None,
-                       hot_window: int = 0) -> Callable[[], Any]:
+                       nvme_dir: Any = None,
+                       placement: list[tuple[str, int]] | None = None) -> Callable[[], Any]:
     """A function returning a fresh cache of ``kind``: ``dynamic``, ``dynamic_offload``,
-    ``quantized/<backend>`` or ``kvbench`` (a ``PagedCache`` of ``fmt`` on ``tier``, with
-    the newest ``hot_window`` tokens on ``hot_tier`` when one is given)."""
+    ``quantized/<backend>`` or ``kvbench`` (a ``PagedCache`` of ``fmt`` on ``tier``, or on
+    a chain of tiers by age: ``placement``, see ``PagedCache``)."""
     from transformers import DynamicCache
 
     if kind == "dynamic":
@@ -201,6 +201,6 @@ def make_cache_factory(kind: str, model: Any, *, fmt: str = "", tier: str = "",
         from kvbench.hf.cache import PagedCache
 
         return lambda: PagedCache(model.config, fmt=fmt, tier=tier, tokens_per_page=tokens_per_page,
-                                  max_cache_len=max_tokens, nvme_dir=nvme_dir, hot_tier=hot_tier or None,
-                                  hot_window=hot_window if hot_tier else 0)
+                                  max_cache_len=max_tokens, nvme_dir=nvme_dir,
+                                  placement=placement or [(tier, 0)])
     raise KvbenchError(f"unknown cache kind {kind!r}")

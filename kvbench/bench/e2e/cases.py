@@ -25,7 +25,8 @@ class CacheCase:
 
     name: the case name. kind: ``dynamic`` (DynamicCache, the reference),
     ``dynamic_offload``, ``quantized/<backend>`` or ``kvbench`` (PagedCache of ``fmt`` on
-    ``tier``, or the newest ``e2e.hot_window`` tokens on ``hot_tier`` and the rest on
+    ``tier``, or a chain by age: the newest ``e2e.hot_window`` tokens on ``hot_tier``,
+    the next ``e2e.warm_window`` on ``warm_tier`` when there is one, the rest on
     ``tier``). kv_format: the kvbench format its K/V are held in ('' when none is:
     QuantizedCache's own int formats). decode_placement: the decode benchmark's
     placement whose figures predict its KV reads ('' none)."""
@@ -39,6 +40,14 @@ class CacheCase:
     #: a two-tier placement's hot tier ('' : every page on ``tier``), the window from
     #: the settings' hot_window
     hot_tier: str = ""
+    #: a three-tier chain's middle tier ('' : none), the window from warm_window
+    warm_tier: str = ""
+
+    def placement(self, hot_window: int, warm_window: int) -> list[tuple[str, int]]:
+        """The PagedCache placement: (tier, window tokens), hottest first."""
+        chain = [(self.hot_tier, hot_window)] if self.hot_tier else []
+        chain += [(self.warm_tier, warm_window)] if self.warm_tier else []
+        return chain + [(self.tier, 0)]
 
     @property
     def is_reference(self) -> bool:
@@ -58,7 +67,20 @@ def cache_cases(ctx: RunContext) -> list[CacheCase]:
     out += [CacheCase(f"kvbench/{hot}+{cold}/{f}", "kvbench", fmt=f, tier=cold, kv_format=f,
                       decode_placement=_placement(cold, ctx), hot_tier=hot)
             for hot, cold in two_tier_placements() for f in ctx.formats]
+    out += [CacheCase(f"kvbench/{hot}+{warm}+{cold}/{f}", "kvbench", fmt=f, tier=cold, kv_format=f,
+                      decode_placement=_placement(cold, ctx), hot_tier=hot, warm_tier=warm)
+            for hot, warm, cold in three_tier_placements() for f in ctx.formats]
     return out
+
+
+def three_tier_placements() -> list[tuple[str, str, str]]:
+    """(hot, warm, cold) chains: device memory, then host memory, then a file-backed
+    tier, in registry order (hbm+dram+nvme)."""
+    from kvbench.tiers import TIER_NAMES, tier_class
+
+    by_kind = {k: [n for n in TIER_NAMES if tier_class(n).kind() == k and not tier_class(n).remote]
+               for k in ("device", "host", "file")}
+    return [(h, w, c) for h in by_kind["device"] for w in by_kind["host"] for c in by_kind["file"]]
 
 
 def two_tier_placements() -> list[tuple[str, str]]:
@@ -99,7 +121,7 @@ def unmet(ctx: RunContext, cc: CacheCase) -> str | None:
     if cc.kind == "kvbench":
         from kvbench.tiers import make_tier
 
-        for name in filter(None, (cc.hot_tier, cc.tier)):
+        for name in filter(None, (cc.hot_tier, cc.warm_tier, cc.tier)):
             tier = make_tier(name, ctx.nvme_dir)
             try:
                 ok, why = tier.available()

@@ -182,7 +182,8 @@ def _config(ctx: RunContext, cc: CacheCase, st: dict[str, Any], used: dict[str, 
                            "kv_format": cc.kv_format or None, "decode_placement": cc.decode_placement or None}
     if cc.kind == "kvbench":
         paged = first["paged"]
-        cfg.update({"tier": cc.tier, "hot_tier": cc.hot_tier or None, "format": cc.fmt,
+        cfg.update({"tier": cc.tier, "hot_tier": cc.hot_tier or None, "warm_tier": cc.warm_tier or None,
+                    "format": cc.fmt,
                     "tokens_per_page": ctx.tokens_per_page, "paged": paged,
                     # layer layout: a page holds tokens_per_page tokens of one layer, K and V
                     "kv_bytes_per_token": paged["page_bytes"] // paged["tokens_per_page"] * used["layers_used"]})
@@ -226,7 +227,7 @@ def run_cache(ctx: RunContext, cc: CacheCase) -> dict[str, Any]:
     model, used = ref["model"], ref["used"]
     factory = H.make_cache_factory(cc.kind, model, fmt=cc.fmt, tier=cc.tier, tokens_per_page=ctx.tokens_per_page,
                                    max_tokens=st["prompt_tokens"] + st["new_tokens"], nvme_dir=ctx.nvme_dir,
-                                   hot_tier=cc.hot_tier, hot_window=st["hot_window"])
+                                   placement=cc.placement(st["hot_window"], st["warm_window"]))
     attention = cc.kind == "kvbench" and st["attention"] == "kvbench"
     try:
         probe = factory()  # PagedCache refuses what it cannot page (sliding-window layers) here

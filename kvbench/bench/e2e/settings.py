@@ -36,6 +36,8 @@ OPTIONS = {
     "e2e.hot_window": "tokens of each sequence kept on the hot tier in a two-tier placement "
                       "(kvbench/<hot>+<cold>/<format>), the older ones on the cold tier "
                       "(default 16 quick, 256 full)",
+    "e2e.warm_window": "tokens of each sequence kept on the middle tier of a three-tier chain "
+                       "(kvbench/<hot>+<warm>+<cold>/<format>) after the hot window (default 32 quick, 4096 full)",
     "e2e.attention": "how kvbench's cache is attended: 'kvbench' (kvbench_paged, registered with "
                      "transformers: attention reads the pages, fused paged decode on CUDA) or 'copy' "
                      "(the cache hands sdpa a dequantized copy of the layer); default kvbench",
@@ -97,10 +99,12 @@ def settings(ctx: RunContext) -> dict[str, Any]:
                            f"max_position_embeddings ({most}): --set smaller ones")
     budget_s(ctx)
     window = ctx.opt_int("e2e.hot_window", 16 if ctx.quick else 256, maximum=1 << 24)
+    warm = ctx.opt_int("e2e.warm_window", 32 if ctx.quick else 4096, maximum=1 << 24)
     attention = str(ctx.opt("e2e.attention", "kvbench"))
     if attention not in ATTENTIONS:
         raise KvbenchError(f"--set e2e.attention={attention}: one of {', '.join(ATTENTIONS)}")
     return {"batch": batch, "prompt_tokens": prompt, "new_tokens": new, "hot_window": window,
+            "warm_window": warm,
             "attention": attention,
             "shrunk": path is None and (ctx.quick or not ctx.cuda),
             "weights": str(path) if path is not None else "random"}

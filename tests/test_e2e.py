@@ -50,14 +50,15 @@ def test_registered_but_not_in_a_default_run():
 def test_tiny_run_through_the_cli(tiny_run):
     doc, nvme = tiny_run
     cases = {c["name"]: c for c in doc["cases"]}
-    from kvbench.tiers import TIER_NAMES
+    from kvbench.tiers import TIER_NAMES, tier_class
 
     assert {"hbm", "dram", "nvme"} <= set(TIER_NAMES)
     from kvbench.bench.e2e.cases import three_tier_placements, two_tier_placements
 
     assert ("dram", "nvme") in two_tier_placements() and ("hbm", "dram") in two_tier_placements()
     assert set(cases) == {"dynamic", "dynamic_offload", "quantized/quanto", "quantized/hqq",
-                          *(f"kvbench/{t}/{f}" for t in TIER_NAMES for f in ("fp16", "fp8_e4m3")),
+                          *(f"kvbench/{t}/{f}" for t in TIER_NAMES if not tier_class(t).remote
+                            for f in ("fp16", "fp8_e4m3")),
                           *(f"kvbench/{h}+{c}/{f}" for h, c in two_tier_placements() for f in ("fp16", "fp8_e4m3")),
                           *(f"kvbench/{h}+{w}+{c}/{f}" for h, w, c in three_tier_placements()
                             for f in ("fp16", "fp8_e4m3"))}
@@ -101,7 +102,8 @@ def test_tiny_run_through_the_cli(tiny_run):
 def test_plot_and_highlights(tiny_run):
     doc, _ = tiny_run
     h = E.highlights(doc)
-    assert h and len(h.rows) == len([c for c in doc["cases"] if c["bench"] == "e2e"])
+    assert h and len(h.rows) == len([c for c in doc["cases"] if c["bench"] == "e2e" and c["status"] != "skipped"])
+    assert "skipped (reasons in the e2e table)" in h.title
     fig, caption = E.draw_tpot(doc)
     assert "time per output token" in caption
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Any
 
 from kvbench.bench import RunContext
 from kvbench.bench.e2e.settings import QUANT_BACKENDS
@@ -63,7 +64,7 @@ def cache_cases(ctx: RunContext) -> list[CacheCase]:
            CacheCase("dynamic_offload", "dynamic_offload", kv_format="fp16", decode_placement="dram_prefetch")]
     out += [CacheCase(f"quantized/{b}", f"quantized/{b}") for b in QUANT_BACKENDS]
     out += [CacheCase(f"kvbench/{t}/{f}", "kvbench", fmt=f, tier=t, kv_format=f, decode_placement=_placement(t, ctx))
-            for t in TIER_NAMES for f in ctx.formats]
+            for t in _local(TIER_NAMES) for f in ctx.formats]
     out += [CacheCase(f"kvbench/{hot}+{cold}/{f}", "kvbench", fmt=f, tier=cold, kv_format=f,
                       decode_placement=_placement(cold, ctx), hot_tier=hot)
             for hot, cold in two_tier_placements() for f in ctx.formats]
@@ -71,6 +72,14 @@ def cache_cases(ctx: RunContext) -> list[CacheCase]:
                       decode_placement=_placement(cold, ctx), hot_tier=hot, warm_tier=warm)
             for hot, warm, cold in three_tier_placements() for f in ctx.formats]
     return out
+
+
+def _local(names: Any) -> list[str]:
+    """The tiers e2e can page on: not a remote one (its pool lives on a peer rank of a
+    multi-rank launch, and e2e is not a distributed benchmark)."""
+    from kvbench.tiers import tier_class
+
+    return [n for n in names if not tier_class(n).remote]
 
 
 def three_tier_placements() -> list[tuple[str, str, str]]:
@@ -89,7 +98,7 @@ def two_tier_placements() -> list[tuple[str, str]]:
     for the rest (hbm+dram, hbm+nvme, dram+nvme, ...)."""
     from kvbench.tiers import TIER_NAMES, tier_class
 
-    names = list(TIER_NAMES)
+    names = _local(TIER_NAMES)
     memory = [n for n in names if tier_class(n).kind() in ("device", "host")]
     return [(hot, cold) for hot in memory for cold in names[names.index(hot) + 1:]
             if tier_class(cold).kind() != "device"]

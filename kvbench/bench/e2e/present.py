@@ -40,7 +40,8 @@ def _paired_cell(c: dict, metric: str) -> Any:
 
 
 def highlights(doc: dict) -> Highlights | None:
-    """Per cache: status, time per output token, its paired ratio to DynamicCache's,
+    """Per cache that ran (the skipped ones' reasons are in the e2e table): status, time
+    per output token, its paired ratio to DynamicCache's,
     the prediction and measured/predicted (when the run has transfer/decode cases),
     first-token time, agreement, first divergence, KL, or why not (tokens/s is in the
     e2e table)."""
@@ -49,22 +50,28 @@ def highlights(doc: dict) -> Highlights | None:
         return None
     preds = predict(doc)
     show = has_inputs(doc)
+    ran = [c for c in cases if c["status"] != "skipped"]  # the e2e table lists the skips' reasons
+    if not ran:
+        return None
+    failed = any(c["status"] != "ok" for c in ran)
     rows = []
-    for c in cases:
+    for c in ran:
         m = c.get("metrics") or {}
         row = [c["name"], c["status"], m.get("tpot_s"), _paired_cell(c, "tpot_ratio_vs_dynamic")]
         if show:
             p = preds.get(c["name"], {})
             row += [p.get("predicted_tpot_s", p.get("reason")), p.get("measured_over_predicted")]
         row += [m.get("ttft_s"), m.get("token_agreement"), m.get("first_divergence"),
-                m.get("logit_kl"), c.get("reason") or ""]
+                m.get("logit_kl")] + ([c.get("reason") or ""] if failed else [])
         rows.append(row)
     cols = [("cache", ""), ("status", ""), ("time/output token", "s"), ("vs dynamic (paired, 95% CI)", "")]
     if show:
         cols += [("predicted time/output token", "s"), ("measured/predicted", "x")]
-    cols += [("TTFT", "s"), ("token agreement", ""), ("first divergence", "step"),
-             ("KL", "nats"), ("reason", "")]
-    title = "e2e: generation with each cache (vs DynamicCache)"
+    cols += [("TTFT", "s"), ("token agreement", ""), ("first divergence", "step"), ("KL", "nats")]
+    cols += [("reason", "")] if failed else []
+    skipped = len(cases) - len(ran)
+    title = "e2e: generation with each cache that ran (vs DynamicCache)"
+    title += f"; {skipped} skipped (reasons in the e2e table)" if skipped else ""
     title += ("; predicted from this run's transfer/decode figures and weight bytes (docs/method.md)"
               if show else f"; prediction: {NO_INPUTS}")
     return Highlights(title, cols, rows)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kvbench import __version__
+from kvbench.distributed import DIST_TIMEOUT_S
 from kvbench.errors import KvbenchError
 from kvbench.results import check_folder, check_output
 
@@ -45,6 +46,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
     return v
 
 
@@ -138,9 +149,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kvbench.bench import RunContext, check_options, registry, select
-    from kvbench.spec import LAYOUTS, PageSpec, get_format, load_model
-    from kvbench.timing import cuda_available
+    from kvbench.bench import registry
 
     if args.list:
         for key, b in registry().items():
@@ -150,6 +159,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.plan_as_gpu and not args.dry_run:
         raise KvbenchError("--plan-as-gpu only plans: it needs --dry-run")
+    settings = _run_settings(args)
+    from kvbench import distributed
+
+    if args.ranks is not None or distributed.launched():
+        from kvbench.launch import check_launch, run_ranks, spawn_local
+
+        check_launch(args.ranks, settings["benches"])
+        if distributed.launched():  # one rank of torchrun's, or of --ranks
+            return run_ranks(args.dist_timeout, lambda block: _run_here(args, settings, block))
+        if args.ranks > 1:
+            return spawn_local(args.raw_argv, args.ranks, args.dist_timeout)
+    return _run_here(args, settings, None)
+
+
+def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's checked inputs (one-line KvbenchError for a bad one), before anything
+    is allocated or launched."""
+    from kvbench.bench import check_options, select
+    from kvbench.spec import LAYOUTS, PageSpec, get_format, load_model
+
     benches = select(csv_values(args.bench, "--bench"))
     model = load_model(args.model)
     formats = csv_values(args.format, "--format") or list(DEFAULT_FORMATS)
@@ -173,6 +202,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise KvbenchError("--cases is empty: give a regex (an empty one would select every case)")
     if args.output and not args.dry_run:  # never clobber a result, never fail at the end
         check_output(Path(args.output), "--output", force=args.force)
+    return {"benches": benches, "model": model, "formats": formats, "layouts": layouts, "options": options}
+
+
+def _run_here(args: argparse.Namespace, settings: dict[str, Any], group: dict[str, Any] | None) -> int:
+    """Run in this process (rank 0 of a launched run: ``group`` describes the group)."""
+    from kvbench.bench import RunContext
+    from kvbench.timing import cuda_available
+
+    benches, model, formats, layouts, options = (settings[k] for k in ("benches", "model", "formats",
+                                                                       "layouts", "options"))
     cuda = cuda_available()
     if not cuda:
         # Triton kernels run in its interpreter on the CPU (correctness, not speed);
@@ -196,6 +235,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                         benches=None if args.dry_run else benches, quick=quick, options=options,
                         cases=args.cases)  # a dry run allocates nothing: no footprint check
         env = collect_environment(nvme_dir=nvme_dir)
+        if group is not None:
+            env["distributed"] = group  # every rank's identity, the link, the timeout
         output = Path(args.output) if args.output else default_output(env)
         if not args.dry_run and not args.output:  # the default's folder is created if missing
             check_output(output, "--output", force=args.force, must_exist=False)
@@ -213,7 +254,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         previous = signal.signal(signal.SIGTERM, _terminate)
         try:
-            doc, path = run(benches, ctx, output, argv=sys.argv[1:], console=console,
+            from kvbench.launch import launch_argv
+
+            doc, path = run(benches, ctx, output, argv=launch_argv() or sys.argv[1:], console=console,
                             progress=not (args.no_progress or args.quiet), cases=args.cases)
         except KeyboardInterrupt as exc:
             # 128 + the signal's number, as shells and `timeout` report: 130 SIGINT, 143 SIGTERM
@@ -318,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     # plans as if a CUDA device were present, so a CPU machine can check GPU case names
     # (scripts/gpu_check.sh does); only with --dry-run
     run.add_argument("--plan-as-gpu", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--ranks", type=_positive_int, metavar="N",
+                     help="start N ranks on this machine (torch.distributed, gloo on 127.0.0.1): rank 0 "
+                          "runs the benchmarks, the others hold the remote tier's pages (--bench remote); "
+                          "across machines launch with torchrun instead (README: Beyond one machine)")
+    run.add_argument("--dist-timeout", type=_positive_float, default=DIST_TIMEOUT_S, metavar="S",
+                     help=f"seconds any wait on another rank may take before the run ends with a message "
+                          f"(default {DIST_TIMEOUT_S:g})")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-q", "--quiet", action="store_true",
                      help="print only the result file's path on stdout (no progress bar, no summary)")
@@ -407,6 +457,7 @@ def _add_report_parsers(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # what --ranks starts again
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

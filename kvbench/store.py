@@ -4,7 +4,9 @@ A pool is ``num_pages`` pages of ``PageSpec.page_bytes`` payload each, at a fixe
 ``stride`` (payload rounded up to 4 KiB on a file-backed tier, so every page can be read
 with O_DIRECT). On a memory tier (``hbm``, ``dram``) the pool is one uint8 tensor
 ``[num_pages, stride]``; on a file-backed tier (``nvme``) it is one file of
-``num_pages * stride`` bytes.
+``num_pages * stride`` bytes; on a remote tier (``remote``) it is a buffer a peer rank
+holds. File-backed and remote pools have no local tensor: their pages are read and
+written through the buffer (positional file I/O; messages to the peer).
 
 A ``PagedKVStore`` keeps one block table per sequence: for layout ``layer`` a list
 of page ids per layer (``[num_layers][blocks]``), for layout ``block`` one list
@@ -53,7 +55,9 @@ class PagePool:
                 f"({fmt_bytes(free)} available)"
             )
         self.buffer = tier.allocate(total)
-        self.tensor = None if self.is_file else self.buffer.tensor.view(num_pages, self.stride)
+        #: pages reached through the buffer's own reads and writes, not a local tensor
+        self.through_buffer = tier.file_backed or tier.remote
+        self.tensor = None if self.through_buffer else self.buffer.tensor.view(num_pages, self.stride)
         self._free: list[int] = list(range(num_pages - 1, -1, -1))
         self._used: set[int] = set()
 
@@ -93,7 +97,7 @@ class PagePool:
     def payload(self) -> Any:
         """The pool as ``[num_pages, page_bytes]`` (a view; torch-backed tiers only)."""
         if self.tensor is None:
-            raise KvbenchError("a file-backed pool has no tensor view; use read_pages")
+            raise KvbenchError(f"a pool on tier {self.tier.name} has no tensor view; use read_pages")
         return self.tensor[:, : self.page_bytes]
 
     def file(self) -> FileBuffer:
@@ -102,12 +106,15 @@ class PagePool:
 
     def read_pages(self, ids: Sequence[int], method: str = "buffered") -> Any:
         """Pages as a ``[len(ids), page_bytes]`` uint8 tensor on this tier's device
-        (host memory for the file tier)."""
+        (host memory for the file and remote tiers). ``method``: the file tier's read
+        path, or the remote tier's batching (kvbench.tiers.remote.BATCHING)."""
         import torch
 
         if self.tensor is not None:
             idx = torch.as_tensor(list(ids), dtype=torch.long, device=self.tensor.device)
             return self.tensor.index_select(0, idx)[:, : self.page_bytes]
+        if self.tier.remote:
+            return self.buffer.read_pages(ids, self.stride, self.page_bytes, method)
         from kvbench.tiers.dram import aligned_host_empty
 
         out = aligned_host_empty(len(ids) * self.stride, pin=False).view(len(ids), self.stride)
@@ -129,6 +136,9 @@ class PagePool:
         if self.tensor is not None:
             idx = torch.as_tensor(list(ids), dtype=torch.long, device=self.tensor.device)
             self.tensor[:, : self.page_bytes].index_copy_(0, idx, data.to(self.tensor.device))
+            return
+        if self.tier.remote:
+            self.buffer.write_pages(ids, self.stride, data, method)
             return
         from kvbench.tiers.dram import aligned_host_empty
 

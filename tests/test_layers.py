@@ -78,7 +78,7 @@ def test_the_benchmark_rule_sees_inside_packages(tmp_path):
 
 def test_lower_layers_import_no_benchmark():
     lower = [PKG / "movers.py", *(PKG / "measure").glob("*.py"), PKG / "timing.py", PKG / "store.py",
-             PKG / "attention.py", PKG / "quantized_pages.py", *(PKG / "tiers").glob("*.py"),
+             PKG / "attention.py", PKG / "quantized_pages.py", PKG / "distributed.py", *(PKG / "tiers").glob("*.py"),
              *(PKG / "formats").glob("*.py")]
     found = [f"{p.relative_to(PKG)} imports {m}" for p in lower for m in imported_modules(p)
              if m == "kvbench.bench" or m.startswith("kvbench.bench.")]
@@ -92,13 +92,13 @@ FLOORS = [
     ("ground", ("kvbench.units", "kvbench.errors", "kvbench.mounts", "kvbench.stats", "kvbench.owner")),
     ("spec and formats", ("kvbench.spec", "kvbench.formats", "kvbench.plotkit")),
     ("machine, tiers, movers, kernels",
-     ("kvbench.env", "kvbench.timing", "kvbench.tiers", "kvbench.movers", "kvbench.store",
+     ("kvbench.env", "kvbench.timing", "kvbench.tiers", "kvbench.movers", "kvbench.store", "kvbench.distributed",
       "kvbench.kernels_loader", "kvbench.attention", "kvbench.quantized_pages", "kvbench.footprint",
       "kernels")),
     ("results", ("kvbench.results",)),
     ("measurement", ("kvbench.measure",)),
     ("benchmarks", ("kvbench.bench", "kvbench.hf")),
-    ("runner, presentation, sizing", ("kvbench.runner", "kvbench.report", "kvbench.sizing")),
+    ("runner, presentation, sizing", ("kvbench.runner", "kvbench.launch", "kvbench.report", "kvbench.sizing")),
     ("command line", ("kvbench.cli", "kvbench.__main__")),
 ]
 ROOT = PKG.parent

@@ -23,18 +23,19 @@ MODEL = load_model("Llama-3.1-8B")
 
 # ------------------------------------------------------------------ tiers
 def test_builtin_tiers_declare_what_they_are():
-    assert tuple(TIER_NAMES) == ("hbm", "dram", "nvme")
-    assert {n: TIERS[n].kind() for n in TIER_NAMES} == {"hbm": "device", "dram": "host", "nvme": "file"}
+    assert tuple(TIER_NAMES) == ("hbm", "dram", "nvme", "remote")
+    assert {n: TIERS[n].kind() for n in TIER_NAMES} == {"hbm": "device", "dram": "host", "nvme": "file",
+                                                        "remote": "host"}  # a peer's host memory
     assert [n for n in TIER_NAMES if TIERS[n].file_backed] == ["nvme"]
     assert [n for n in TIER_NAMES if TIERS[n].device_memory] == ["hbm"]
-    assert not any(TIERS[n].remote for n in TIER_NAMES)  # a remote tier comes later
+    assert [n for n in TIER_NAMES if TIERS[n].remote] == ["remote"]
     assert all(TIERS[n].name == n for n in TIER_NAMES)
 
 
 def test_unknown_tier_is_one_line():
     with pytest.raises(KvbenchError) as exc:
         make_tier("tape")
-    assert str(exc.value) == "unknown tier 'tape'; known: hbm, dram, nvme"
+    assert str(exc.value) == "unknown tier 'tape'; known: hbm, dram, nvme, remote"
 
 
 class FakeHostTier(Tier):
@@ -79,7 +80,7 @@ def fake_tiers():
 
 
 def test_registered_fake_tier_behaves(fake_tiers, nvme_dir):
-    assert TIER_NAMES == {"hbm", "dram", "nvme", "fakehost", "fakedevice"}  # a live view
+    assert TIER_NAMES == {"hbm", "dram", "nvme", "remote", "fakehost", "fakedevice"}  # a live view
     tier = make_tier("fakehost", nvme_dir)
     assert isinstance(tier, FakeHostTier) and tier.kind() == "host"
     spec = PageSpec(MODEL, get_format("nvfp4"), 16, "layer")

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from kvbench.errors import Skip  # noqa: F401 - benchmarks raise it as kvbench.bench.Skip
 
 #: Registry keys in the order a full run takes them.
-BENCH_MODULES = ("roundtrip", "transfer", "accuracy", "decode", "prefix", "soak", "e2e")
+BENCH_MODULES = ("roundtrip", "transfer", "accuracy", "decode", "prefix", "soak", "e2e", "remote")
 
 #: What `kvbench run` runs with no --bench.
 DEFAULT_BENCHES = ("roundtrip", "transfer", "accuracy", "decode", "prefix")
@@ -216,6 +216,9 @@ class Benchmark:
     plots: tuple[Plot, ...] = ()
     #: the report's headline section for this benchmark: doc -> Highlights or None
     highlights: Callable[[dict[str, Any]], "Highlights | None"] | None = None
+    #: runs on rank 0 of a multi-rank launch while the other ranks serve its remote
+    #: tier (kvbench.launch); only such benchmarks run in one
+    distributed: bool = False
 
 
 def registry() -> dict[str, Benchmark]:

@@ -46,7 +46,7 @@ from kvbench.bench import Benchmark, Case, Highlights, RunContext, tier_or_skip
 from kvbench.errors import KvbenchError
 from kvbench.results import make_case
 from kvbench.spec import LAYOUTS, PageSpec, get_format
-from kvbench.tiers import TIER_NAMES
+from kvbench.tiers import TIER_NAMES, tier_class
 
 BENCH_KEY = "soak"
 
@@ -324,7 +324,8 @@ def soak(ctx: RunContext, a: str, b: str, fmt: str) -> dict[str, Any]:
 def plan(ctx: RunContext) -> list[Case]:
     st = settings(ctx)  # bad options fail here, before anything runs
     cases = []
-    for a, b in itertools.combinations(TIER_NAMES, 2):
+    local = [t for t in TIER_NAMES if not tier_class(t).remote]  # a remote tier needs a launched group
+    for a, b in itertools.combinations(local, 2):
         for fmt in ctx.formats:
             cases.append(Case(f"{a}<->{b}/{fmt}", {"tiers": [a, b], "format": fmt, **st},
                               lambda c, a=a, b=b, f=fmt: soak(c, a, b, f)))

@@ -4,6 +4,8 @@
 ``dram`` host memory: pinned (page-locked: mmap + cudaHostRegister, reused through a
          small arena) when CUDA is present, else pageable, and labelled so.
 ``nvme`` a file in a chosen directory, read through mmap, buffered reads or O_DIRECT.
+``remote`` host memory of a peer rank of a torch.distributed group, reached with
+         point-to-point messages over gloo (usable in a launched run only).
 
 Every tier answers ``available() -> (ok, reason)`` before allocating anything, and
 ``allocate(nbytes)`` refuses a size it cannot hold with a one-line KvbenchError. Each
@@ -22,6 +24,7 @@ from kvbench.tiers.base import TIER_KINDS, Tier, TierBuffer
 from kvbench.tiers.dram import DramTier
 from kvbench.tiers.hbm import HbmTier
 from kvbench.tiers.nvme import NvmeTier
+from kvbench.tiers.remote import RemoteTier
 
 #: name -> tier class, in the order tiers are listed (fastest first)
 TIERS: dict[str, type[Tier]] = {}
@@ -29,7 +32,7 @@ TIERS: dict[str, type[Tier]] = {}
 #: is in it too)
 TIER_NAMES = TIERS.keys()
 
-__all__ = ["Tier", "TierBuffer", "HbmTier", "DramTier", "NvmeTier", "TIERS", "TIER_NAMES",
+__all__ = ["Tier", "TierBuffer", "HbmTier", "DramTier", "NvmeTier", "RemoteTier", "TIERS", "TIER_NAMES",
            "TIER_KINDS", "make_tier", "register_tier", "tier_class"]
 
 
@@ -47,6 +50,7 @@ def register_tier(cls: type[Tier]) -> type[Tier]:
 register_tier(HbmTier)
 register_tier(DramTier)
 register_tier(NvmeTier)
+register_tier(RemoteTier)
 
 
 def tier_class(name: str) -> type[Tier]:

@@ -42,12 +42,13 @@ class Tier(ABC):
     name: ClassVar[str] = ""
     #: pages live in a CUDA device's memory (a cuda tensor; usable only with CUDA)
     device_memory: ClassVar[bool] = False
-    #: pages live in this host's memory (a CPU tensor)
+    #: pages live in host memory (a CPU tensor): this host's, or with ``remote`` a peer's
     host_memory: ClassVar[bool] = False
     #: pages live in files (positional reads and writes, no tensor view; rows padded to
     #: the O_DIRECT alignment)
     file_backed: ClassVar[bool] = False
-    #: pages live in another process or host, reached over a network (no tier yet)
+    #: pages live in another process or host, reached with messages (the ``remote`` tier:
+    #: no local tensor, like a file pool; its kind says what memory the peer holds them in)
     remote: ClassVar[bool] = False
 
     @classmethod

@@ -1,0 +1,274 @@
+"""Remote benchmark: KV pages fetched from and put to a peer rank's host memory (the
+``remote`` tier, torch.distributed over gloo), each case sampled alternately with a
+contiguous send/recv of the same bytes between the same ranks: its ceiling.
+
+Runs on rank 0 of a multi-rank launch (``kvbench run --bench remote --ranks 2``, or
+torchrun) while the other ranks serve the pages. Cases (``kind`` in each config):
+  ``paged``  remote->dram (fetch) and dram->remote (put) of scattered pages (random
+             ids on the peer, contiguous rows here), per format, layout and batching:
+             ``per_page`` (one message a page) or ``coalesced`` (gathered or scattered
+             on the peer through one staging buffer, messages of ``remote.chunk_bytes``);
+  ``sweep``  remote->dram from 16 to 1024 tokens per page (first format, layer layout);
+  remote->hbm and hbm->remote skip: they need CUDA and NCCL, not built yet.
+A sample: the request, its page list and every data message (and for a put the peer's
+acknowledgement that it stored them); the ceiling sample does the same with one
+contiguous message. Bytes counted: payload bytes moved once. GB = 1e9 B. Over loopback
+(every rank on one host) the figures measure the gloo/TCP stack and memory copies, not
+a NIC; the case says which link it measured."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from kvbench.bench import Benchmark, Case, Highlights, RunContext, Skip
+from kvbench.measure import check_limits, gbps, summarize
+from kvbench.results import make_case, skipped_case
+from kvbench.spec import PageSpec, get_format
+from kvbench.units import MiB
+
+BENCH_KEY = "remote"
+DIRECTIONS = ("remote->dram", "dram->remote")
+GPU_DIRECTIONS = ("remote->hbm", "hbm->remote")
+SWEEP_TOKENS = (16, 32, 64, 128, 256, 512, 1024)
+SWEEP_TOKENS_QUICK = (16, 64, 256, 1024)
+#: message sizes the contiguous ceiling tries besides one message
+CEILING_MESSAGES = (1 * MiB, 2 * MiB, 4 * MiB)
+
+
+def sample_bytes(ctx: RunContext) -> int:
+    return ctx.opt_size("remote.bytes", (64 if ctx.quick else 256) * MiB, ctx.host_memory_bytes(), "host memory")
+
+
+def chunk_bytes(ctx: RunContext) -> int:
+    from kvbench.tiers.remote import CHUNK_BYTES
+
+    return ctx.opt_size("remote.chunk_bytes", CHUNK_BYTES)
+
+
+def budget_s(ctx: RunContext) -> float:
+    return ctx.opt_seconds("remote.budget_s", 4.0 if ctx.quick else 15.0)
+
+
+def _peer(ctx: RunContext) -> int:
+    return ctx.opt_int("remote.peer", 1)
+
+
+def _link(ctx: RunContext) -> dict[str, Any]:
+    return ctx.environment.get("distributed") or {}
+
+
+def _tier(ctx: RunContext, batching: str) -> Any:
+    from kvbench.tiers.remote import RemoteTier
+
+    tier = RemoteTier(_peer(ctx), batching, chunk_bytes(ctx))
+    ok, why = tier.available()
+    if not ok:
+        raise Skip(f"tier remote unavailable: {why}")
+    return tier
+
+
+def _arms(ctx: RunContext, fetch: bool, pool: Any, ids: list[int], local: Any,
+          batching: str) -> tuple[dict[str, Any], str, str]:
+    """The paged arm, its ceiling and (when that is not one message) the one-message
+    contiguous transfer, with a note saying which ceiling was chosen. The ceiling: the
+    same bytes contiguous between the same ranks, the fastest of one message and
+    CEILING_MESSAGES-sized messages in two untimed looks each (over gloo, a stream of
+    1 MiB messages moves contiguous bytes faster than one large message)."""
+    from kvbench.measure.paired import best_of, host_arm
+
+    buf, stride, width, chunk = pool.buffer, pool.stride, pool.page_bytes, chunk_bytes(ctx)
+    nbytes, flat = len(ids) * width, local.view(-1)
+    contiguous = buf.read_into if fetch else buf.write_from
+    sizes = sorted({m for m in CEILING_MESSAGES if m < nbytes})
+    cands = {"one message": host_arm(lambda: contiguous(0, flat), nbytes)}
+    cands.update({f"{m // MiB} MiB messages": host_arm(lambda m=m: contiguous(0, flat, m), nbytes) for m in sizes})
+    best = best_of(cands)
+    move = buf.fetch_rows if fetch else buf.put_rows
+    arms = {"paged": host_arm(lambda: move(ids, stride, width, local, batching, chunk), nbytes),
+            "ceiling": cands[best]}
+    if best != "one message":
+        arms["one_message"] = cands["one message"]
+    note = (f"ceiling: the same {nbytes:,} B contiguous between the same ranks, the fastest of "
+            f"{', '.join(cands)} in two untimed looks each: {best}; sampled alternately with the paged path")
+    return arms, best, note
+
+
+def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> tuple[Any, int, str, str]:
+    """Fill a remote pool of 2n pages, sample the paged path and its ceiling alternately,
+    then check the pages bit-exact (untimed). Returns (the Interleaved result, n, the
+    ceiling chosen, its note)."""
+    import torch
+
+    from kvbench.measure.paired import interleave, min_pairs_for
+    from kvbench.store import PagePool
+    from kvbench.tiers.dram import aligned_host_empty
+
+    n = max(2, sample_bytes(ctx) // spec.page_bytes)
+    rng = random.Random(f"{ctx.seed}/{direction}/{spec.fmt.name}/{spec.layout}/{spec.tokens}")
+    gen = torch.Generator().manual_seed(ctx.seed)
+    pool = PagePool(_tier(ctx, batching), spec, 2 * n)
+    try:
+        ids = rng.sample(range(2 * n), n)
+        local = aligned_host_empty(n * spec.page_bytes, pin=ctx.cuda).view(n, spec.page_bytes)
+        fetch = direction.startswith("remote")
+        data = torch.randint(0, 256, (2 * n if fetch else n, spec.page_bytes), dtype=torch.uint8, generator=gen)
+        if fetch:
+            pool.write_pages(range(2 * n), data, method="coalesced")
+        else:
+            local.copy_(data)
+        arms, best, note = _arms(ctx, fetch, pool, ids, local, batching)
+        ratios = {"pct_of_ceiling": ("paged", "ceiling")}
+        if "one_message" in arms:
+            ratios["pct_of_one_message"] = ("paged", "one_message")
+        res = interleave(arms, ratios, budget_s=budget_s(ctx), min_pairs=min_pairs_for(ctx.samples),
+                         warmup=ctx.warmup)
+        res.release()
+        if fetch:
+            pool.buffer.fetch_rows(ids, pool.stride, spec.page_bytes, local, batching, chunk_bytes(ctx))
+            ok = torch.equal(local, data[ids])
+        else:  # the ceiling wrote over the pool's first rows: put the pages once more
+            pool.buffer.put_rows(ids, pool.stride, spec.page_bytes, local, batching, chunk_bytes(ctx))
+            ok = torch.equal(pool.read_pages(ids, method="coalesced"), data)
+        if not ok:
+            raise AssertionError(f"pages differ after {direction} ({batching})")
+    finally:
+        pool.close()
+    return res, n, best, note
+
+
+def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: int, batching: str,
+               kind: str = "paged") -> dict[str, Any]:
+    from kvbench.measure import paired
+    from kvbench.tiers.remote import messages
+
+    spec = PageSpec(ctx.model, get_format(fmt), tokens, layout)
+    res, n, ceiling, ceiling_note = _sample(ctx, direction, spec, batching)
+    link = _link(ctx)
+    msgs = messages(batching, n, spec.page_bytes, chunk_bytes(ctx))
+    src, _, dst = direction.partition("->")
+    cfg = {"kind": kind, "direction": direction, "src": src, "dst": dst, "batching": batching, "pages": n,
+           "bytes": n * spec.page_bytes, "messages": msgs, "chunk_bytes": chunk_bytes(ctx), "peer": _peer(ctx),
+           "ceiling": f"contiguous, {ceiling}",
+           "backend": link.get("backend"), "link": link.get("link"), "loopback": link.get("loopback"),
+           "model": ctx.model.name, **spec.describe()}
+    secs, ceil = res.arms["paged"].seconds, res.arms["ceiling"].seconds
+    extra = [(a - b) / n * 1e6 for a, b in zip(secs, ceil)]
+    notes = [ceiling_note, f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
+             + (" and the peer's acknowledgement" if dst == "remote" else "")]
+    if link.get("loopback"):
+        notes.append("loopback: every rank on one host; this measures the gloo/TCP stack and memory copies, not a NIC")
+    samples = {"gbps": gbps(n * spec.page_bytes, secs), "seconds": secs, "ceiling_gbps": gbps(n * spec.page_bytes, ceil)}
+    units = {"gbps": "GB/s", "seconds": "s", "ceiling_gbps": "GB/s (the same bytes contiguous)"}
+    if "one_message" in res.arms:
+        samples["one_message_gbps"] = gbps(n * spec.page_bytes, res.arms["one_message"].seconds)
+        units["one_message_gbps"] = "GB/s (the same bytes contiguous in one message)"
+    case = make_case(BENCH_KEY, _name(direction, spec, batching, kind), cfg, samples=samples, units=units,
+                     notes=notes)
+    paired.record(case, res, percent=("pct_of_ceiling", "pct_of_one_message"))
+    case["metrics"]["ceiling_gbps"] = case["stats"]["ceiling_gbps"]["median"]
+    case["metrics"]["extra_us_per_page"] = summarize(extra)["median"]
+    case["metrics"]["messages"] = msgs
+    case["units"].update(extra_us_per_page="us (per page: median per pair of paged time minus ceiling time, "
+                                           "over the pages)",
+                         messages="count (data messages per sample)",
+                         pct_of_ceiling="% (median of per-pair ratios: paged GB/s over the contiguous transfer's)",
+                         pct_of_one_message="% (median of per-pair ratios: paged GB/s over one contiguous "
+                                            "message's)")
+    _nic(case, link)
+    return check_limits(ctx, case, direction)
+
+
+def _nic(case: dict[str, Any], link: dict[str, Any]) -> None:
+    """Across hosts: the fastest NIC's nominal rate here (sysfs) and the share of it."""
+    nics = link.get("nics") or []
+    if link.get("loopback") or not nics:
+        return
+    fast = max(nics, key=lambda x: x["gbps"])
+    case["metrics"]["nic_gbps"] = fast["gbps"]
+    case["metrics"]["pct_of_nic"] = 100.0 * case["metrics"]["gbps"] / fast["gbps"]
+    case["units"].update(nic_gbps=f"GB/s ({fast['iface']} {fast['speed_mbps']:,} Mb/s, sysfs)", pct_of_nic="%")
+
+
+def _name(direction: str, spec: PageSpec, batching: str, kind: str) -> str:
+    parts = ([kind] if kind != "paged" else []) + [direction, spec.layout, spec.fmt.name, f"{spec.tokens}tok", batching]
+    return "/".join(parts)
+
+
+def _gpu_skips(ctx: RunContext) -> list[Case]:
+    if ctx.cuda:
+        why = ("CUDA tensors between ranks need NCCL, which the remote tier does not use yet (gloo moves "
+               "host tensors only)")
+    else:
+        from kvbench.tiers.hbm import cuda_status
+
+        why = f"needs a CUDA device: {cuda_status()[1]}"
+    return [Case(f"{d}/*", {"direction": d}, lambda c, d=d: skipped_case(BENCH_KEY, f"{d}/*", {"direction": d}, why))
+            for d in GPU_DIRECTIONS]
+
+
+def plan(ctx: RunContext) -> list[Case]:
+    from kvbench.tiers.remote import BATCHING
+
+    sample_bytes(ctx), chunk_bytes(ctx), budget_s(ctx), _peer(ctx)  # a bad --set fails before anything runs
+    t, cases = ctx.tokens_per_page, []
+    for d in DIRECTIONS:
+        for f in ctx.formats:
+            for lay in ctx.layouts:
+                spec = PageSpec(ctx.model, get_format(f), t, lay)
+                for b in BATCHING:
+                    cases.append(Case(_name(d, spec, b, "paged"), {"direction": d, "batching": b},
+                                      lambda c, d=d, f=f, lay=lay, b=b: paged_case(c, d, f, lay, t, b)))
+    f = ctx.formats[0]
+    for tok in SWEEP_TOKENS_QUICK if ctx.quick else SWEEP_TOKENS:
+        spec = PageSpec(ctx.model, get_format(f), tok, "layer")
+        for b in BATCHING:
+            cases.append(Case(_name("remote->dram", spec, b, "sweep"), {"direction": "remote->dram", "batching": b},
+                              lambda c, tok=tok, b=b: paged_case(c, "remote->dram", f, "layer", tok, b, "sweep")))
+    return cases + _gpu_skips(ctx)
+
+
+def available(ctx: RunContext) -> tuple[bool, str]:
+    from kvbench.tiers.remote import RemoteTier
+
+    return RemoteTier(_peer(ctx)).available()
+
+
+def highlights(doc: dict[str, Any]) -> Highlights | None:
+    """Per direction and batching at the run's page size: GB/s and % of the ceiling."""
+    rows = []
+    for c in doc["cases"]:
+        if c["bench"] != BENCH_KEY or c["status"] != "ok" or c["config"].get("kind") != "paged":
+            continue
+        cfg, m = c["config"], c["metrics"]
+        rows.append([cfg["direction"], f"{cfg['layout']}/{cfg['format']}/{cfg['tokens_per_page']}tok", cfg["batching"],
+                     m["gbps"], m.get("pct_of_ceiling"), m.get("ceiling_gbps"), m.get("pct_of_one_message"),
+                     m.get("extra_us_per_page"), "loopback" if cfg.get("loopback") else (cfg.get("link") or "")])
+    if not rows:
+        return None
+    return Highlights("remote: paged transfers to and from a peer rank (paired % of the same-run contiguous "
+                      "send/recv)", [("direction", ""), ("pages", ""), ("batching", ""), ("GB/s", "GB/s"),
+                                     ("% of ceiling", "%"), ("ceiling GB/s", "GB/s"), ("% of one message", "%"),
+                                     ("extra per page", "us"), ("link", "")], rows)
+
+
+BENCH = Benchmark(
+    key=BENCH_KEY,
+    description="paged KV fetched from and put to a peer rank (torch.distributed, gloo) against a same-run "
+                "contiguous send/recv",
+    plan=plan,
+    available=available,
+    headline="gbps",
+    headline_unit="GB/s",
+    columns=("pct_of_ceiling", "ceiling_gbps", "pct_of_one_message", "extra_us_per_page", "messages",
+             "pct_of_nic", "nic_gbps"),
+    highlights=highlights,
+    distributed=True,
+    options={
+        "remote.bytes": "payload bytes per timed sample (default 64MiB quick, 256MiB full)",
+        "remote.chunk_bytes": "largest message of a coalesced transfer (default 4MiB)",
+        "remote.budget_s": "seconds a case samples its paired figures for before it stops short of +-5% "
+                           "(default 4 quick, 15 full)",
+        "remote.peer": "the rank that holds the pages (default 1)",
+    },
+)

@@ -206,7 +206,9 @@ class Quantized:
 
 
 # ---- input checks --------------------------------------------------------------------
-def _check_input(x: torch.Tensor, f: KVFormat) -> torch.Tensor:
+def _check_input(x: torch.Tensor, f: KVFormat, convert: bool = True) -> torch.Tensor:
+    """``x`` checked (a float tensor [..., H, D] of a head dim ``f`` packs, no NaN/Inf),
+    in fp32 (``convert``) or as it is."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise KvbenchError(f"{f.name}: expected a floating-point tensor [..., heads, head_dim]")
     if x.dim() < 2:
@@ -218,7 +220,7 @@ def _check_input(x: torch.Tensor, f: KVFormat) -> torch.Tensor:
         raise KvbenchError(
             f"{f.name}: input holds {bad} NaN/Inf value(s); refusing to quantize it"
         )
-    return _f32(x)
+    return _f32(x) if convert else x
 
 
 def _flush(x: torch.Tensor) -> torch.Tensor:
@@ -270,6 +272,9 @@ _SCALE_DECODE = {"e4m3": e4m3_decode, "e8m0": e8m0_decode}
 
 def _q16(x: torch.Tensor, f: KVFormat, side) -> Quantized:
     dt = _FLOAT_DTYPES[f.element]
+    if isinstance(x, torch.Tensor) and x.dtype == dt:  # already the element: its bytes are the values
+        vals = _check_input(x, f, convert=False).contiguous().view(torch.uint8)
+        return Quantized(f.name, tuple(x.shape), vals)
     y = _check_input(x, f).to(dt)
     if not bool(torch.isfinite(y).all()):
         raise KvbenchError(f"{f.name}: input exceeds the format's range (would store Inf)")

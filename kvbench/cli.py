@@ -197,6 +197,10 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
             raise KvbenchError(f"--set expects key=value, got {kv!r}")
         k, v = kv.split("=", 1)
         options[k.strip()] = v.strip()
+    if getattr(args, "model_path", None):  # the e2e benchmark's real weights
+        if "e2e" not in {b.key for b in benches}:
+            raise KvbenchError("--model-path: only the e2e benchmark loads a model's weights (add --bench e2e)")
+        options["e2e.model_path"] = args.model_path
     check_options(options, benches)
     if args.cases is not None and any(not c.strip() for c in args.cases):
         raise KvbenchError("--cases is empty: give a regex (an empty one would select every case)")
@@ -320,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--list", action="store_true", help="list benchmarks and exit")
     run.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"model whose KV shape sets the pages (default {DEFAULT_MODEL}; see 'kvbench info --list-models')")
+    run.add_argument("--model-path", metavar="DIR",
+                     help="e2e: a local save_pretrained folder (config.json + weights) loaded offline in "
+                          "float16 instead of random weights (the same as --set e2e.model_path=DIR)")
     from kvbench.spec import FORMATS  # the format registry (no torch: start-up stays fast)
 
     run.add_argument("--format", action="append", metavar="FMT",

@@ -293,3 +293,12 @@ def test_one_list_of_caches(tmp_path):
     by = {c.name: c for c in got}
     assert by["kvbench/nvme/nvfp4"].decode_placement == "nvme" and by["kvbench/dram/fp16"].decode_placement == "dram"
     assert by["quantized/hqq"].kv_format == ""
+
+
+def test_model_path_flag(tmp_path):
+    """--model-path DIR is --set e2e.model_path=DIR, and only the e2e benchmark takes it."""
+    r = cli("--model-path", str(tmp_path / "missing"), "--dry-run", timeout=60)
+    assert r.returncode == 2 and "e2e.model_path" in r.stderr and "not a directory" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "kvbench", "run", "--bench", "roundtrip", "--model-path",
+                        str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--bench e2e" in r.stderr

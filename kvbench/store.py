@@ -25,6 +25,24 @@ from kvbench.tiers.nvme import DIRECT_ALIGN, FileBuffer
 from kvbench.units import align_up, fmt_bytes
 
 
+#: the most bytes one coalesced file read moves (well under Linux's ~2 GiB per call)
+RUN_BYTES = 256 << 20
+
+
+def _runs(ids: Sequence[int], stride: int) -> list[tuple[int, int, int]]:
+    """(first row, first page id, pages) of each run of consecutive page ids in ``ids``,
+    each at most RUN_BYTES long."""
+    most = max(1, RUN_BYTES // stride)
+    runs: list[tuple[int, int, int]] = []
+    for row, i in enumerate(ids):
+        if runs and runs[-1][1] + runs[-1][2] == i and runs[-1][2] < most:
+            r, first, n = runs[-1]
+            runs[-1] = (r, first, n + 1)
+        else:
+            runs.append((row, i, 1))
+    return runs
+
+
 class PagePool:
     """Fixed-size pages on one tier with a LIFO free list (recently freed pages are
     reused first, as serving engines' block managers do).
@@ -119,8 +137,8 @@ class PagePool:
 
         out = aligned_host_empty(len(ids) * self.stride, pin=False).view(len(ids), self.stride)
         f = self.file()
-        for row, i in enumerate(ids):
-            f.read_into(i * self.stride, out[row], method)
+        for row, first, n in _runs(ids, self.stride):  # one read per run of consecutive pages
+            f.read_into(first * self.stride, out[row:row + n].view(-1), method)
         return out[:, : self.page_bytes]
 
     def write_pages(self, ids: Sequence[int], data: Any, method: str = "buffered") -> None:

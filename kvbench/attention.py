@@ -29,8 +29,9 @@ def decode_reference(q: torch.Tensor, pool: torch.Tensor, block_table: torch.Ten
     """Gather + dequantize (torch reference codecs) + fp32 softmax attention."""
     from kvbench.formats.paged import dequantize_pages
 
-    if spec.model.attention_type == "mla":
-        raise KvbenchError("decode attention for MLA (absorbed latent) is not modelled")
+    gap = spec.model.attention_gap("decode")
+    if gap:
+        raise KvbenchError(gap)
     k, v = dequantize_pages(pool, block_table, spec, side, layer=layer, dtype=torch.float32,
                             backend="torch")
     B, Hq, D = q.shape

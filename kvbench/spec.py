@@ -3,8 +3,10 @@
 A KV page is a fixed number of bytes whose shape comes from a real model
 (``ModelSpec``, read from ``configs/models/<name>.yaml`` with the exact Hugging
 Face config field names) and a format (``KVFormat``: bytes per element including
-scales). ``PageSpec`` adds tokens per page and a layout. The sizing model uses
-this module too, so it must never import torch.
+scales). ``PageSpec`` adds tokens per page and a layout. A model's cache is a set of
+components (``kvbench.kvcomponents``: a latent, indexer keys, a sliding window,
+compressed entries, a compressor's state), so bytes at a context are exact. The sizing
+model uses this module too, so it must never import torch.
 """
 
 from __future__ import annotations
@@ -12,154 +14,23 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from kvbench.errors import KvbenchError
+from kvbench.kvcomponents import (REQUIRED_CONFIG, SHIPPED, STORED_LAYOUTS, KVComponent, VectorCodec,
+                                  build_components, compressed_layer_types)
+# the encodings and the format class live in kvbench.kvformat, pages in kvbench.pagespec;
+# their names are this module's too
+from kvbench.kvformat import (ELEMENTS, FORMAT_FAMILIES, IN_PAGE_SCALES, SCALE_DTYPES,  # noqa: F401
+                              SCALE_GRANULARITIES, Encoding, KVFormat)
+from kvbench.pagespec import LAYOUTS, PageSpec  # noqa: F401
 
 # --------------------------------------------------------------------------------------
 # KV formats
 # --------------------------------------------------------------------------------------
-
-#: Format families: one reference codec (kvbench.formats.codecs) and one set of Triton
-#: kernel paths (kernels/quant.py, kernels/paged_attention.py) per family. Within a
-#: family, formats differ only in what they declare (element, scale layout), so a new
-#: format of an existing family is one registry entry below.
-FORMAT_FAMILIES = {
-    "float": "16-bit floats stored as they are (a cast), no scale",
-    "fp8": "one 8-bit float code per value times an fp32 scale (per tensor, per KV head, "
-           "or per (token, KV head) vector in the page)",
-    "fp4_block": "4-bit codes, two per byte, times a per-block in-page scale (e4m3 with a "
-                 "second-level fp32 per-tensor scale, NVFP4's recipe; or e8m0, OCP MX)",
-}
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """A stored number type: bits (or bytes) per item, and the integer code the Triton
-    kernels compare their constexprs against (unique within its table)."""
-
-    name: str
-    bits: int
-    code: int
-    description: str = ""
-
-
-#: Value element encodings. ``code`` is the decode kernel's VAL constexpr.
-ELEMENTS = {e.name: e for e in (
-    Encoding("fp16", 16, 0, "IEEE 754 binary16"),
-    Encoding("bf16", 16, 1, "bfloat16"),
-    Encoding("e4m3", 8, 2, "OCP e4m3fn, max 448 (OFP8 v1.0)"),
-    Encoding("e2m1", 4, 3, "OCP FP4 e2m1, max 6 (MX v1.0 5.3.3)"),
-)}
-
-#: In-page scale encodings. ``code`` is the decode kernel's SCALE constexpr ("none":
-#: no in-page scale; out-of-page scales are always fp32, see ``tensor_scale_bytes``).
-SCALE_DTYPES = {e.name: e for e in (
-    Encoding("none", 0, 0, "no in-page scale"),
-    Encoding("fp32", 32, 1, "IEEE binary32, little-endian"),
-    Encoding("e4m3", 8, 2, "OCP e4m3fn"),
-    Encoding("e8m0", 8, 3, "OCP MX e8m0, a power of two 2^(byte-127)"),
-)}
-
-#: Scale granularities. "tensor": one fp32 per (layer, K or V) tensor; "head": one fp32
-#: per (layer, K or V, KV head); "token_head": one in-page scale per (token, K or V, KV
-#: head) vector; "block": one in-page scale per `block` elements along head_dim.
-SCALE_GRANULARITIES = ("none", "tensor", "head", "token_head", "block")
-#: granularities whose scale is stored in the page (with a scale_dtype)
-IN_PAGE_SCALES = ("token_head", "block")
-
-
-@dataclass(frozen=True)
-class KVFormat:
-    """How one KV element is stored: a family, a value element and a scale layout.
-
-    family: one of FORMAT_FAMILIES (selects the codec and the kernel paths).
-    element: one of ELEMENTS, the stored value (4-bit values pack two per byte, the
-        first in the low nibble).
-    scale: one of SCALE_GRANULARITIES.
-    block: elements per in-page scale for scale == "block" (16 for NVFP4, 32 for MXFP4).
-    scale_dtype: one of SCALE_DTYPES, the encoding of each in-page scale ("none" unless
-        scale is in IN_PAGE_SCALES).
-    tensor_scale_bytes: bytes of the out-of-page fp32 scale per (layer, K or V) tensor
-        (fp8 per-tensor scale; NVFP4's second-level scale), per head for "head".
-    """
-
-    name: str
-    family: str
-    element: str
-    scale: str = "none"
-    block: int = 0
-    scale_dtype: str = "none"
-    tensor_scale_bytes: int = 0
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        for what, value, known in (("family", self.family, FORMAT_FAMILIES),
-                                   ("element", self.element, ELEMENTS),
-                                   ("scale", self.scale, SCALE_GRANULARITIES),
-                                   ("scale_dtype", self.scale_dtype, SCALE_DTYPES)):
-            if value not in known:
-                raise KvbenchError(f"KV format {self.name}: unknown {what} {value!r}; "
-                                   f"known: {', '.join(known)}")
-        if (self.scale in IN_PAGE_SCALES) != (self.scale_dtype != "none"):
-            raise KvbenchError(f"KV format {self.name}: scale {self.scale!r} needs an in-page "
-                               f"scale_dtype exactly when it is one of {', '.join(IN_PAGE_SCALES)}")
-        if (self.scale == "block") != (self.block > 0):
-            raise KvbenchError(f"KV format {self.name}: a block size goes with scale 'block'")
-
-    @property
-    def value_bits(self) -> int:
-        """Bits per stored value (16, 8 or 4)."""
-        return ELEMENTS[self.element].bits
-
-    @property
-    def scale_bytes(self) -> int:
-        """Bytes of each in-page scale (fp32 = 4, e4m3 = 1, e8m0 = 1; 0 without one)."""
-        return SCALE_DTYPES[self.scale_dtype].bits // 8
-
-    @property
-    def value_code(self) -> int:
-        """The Triton kernels' code of the value element (ELEMENTS[element].code)."""
-        return ELEMENTS[self.element].code
-
-    @property
-    def scale_code(self) -> int:
-        """The Triton kernels' code of the in-page scale (SCALE_DTYPES[scale_dtype].code)."""
-        return SCALE_DTYPES[self.scale_dtype].code
-
-    def vector_bytes(self, n: int) -> int:
-        """Bytes in a page for one vector of n elements (one token, one head, K or V),
-        including its in-page scales. n must be a multiple of the block size."""
-        if n <= 0:
-            raise ValueError("vector length must be positive")
-        if self.value_bits == 4 and n % 2:
-            raise KvbenchError(f"{self.name}: vector length {n} is odd; 4-bit values pack in pairs")
-        values = n * self.value_bits // 8
-        if self.scale == "block":
-            if n % self.block:
-                raise KvbenchError(
-                    f"{self.name}: head dim {n} is not a multiple of its {self.block}-element block"
-                )
-            return values + (n // self.block) * self.scale_bytes
-        if self.scale == "token_head":
-            return values + self.scale_bytes
-        return values
-
-    def value_bytes(self, n: int) -> int:
-        """Bytes of the packed values alone for n elements (no scales)."""
-        return n * self.value_bits // 8
-
-    def bits_per_element(self, head_dim: int) -> float:
-        """Stored bits per element including in-page scales (out-of-page per-tensor scales
-        are amortized to ~0 and not counted here)."""
-        return 8.0 * self.vector_bytes(head_dim) / head_dim
-
-    @property
-    def quantized(self) -> bool:
-        return self.value_bits < 16
-
 
 #: Every KV format by name. A new format of an existing family is one entry here (the
 #: codec and the kernels read its declared attributes); a new family also needs its
@@ -203,11 +74,16 @@ def get_format(name: str) -> KVFormat:
         ) from None
 
 
+def resolve_format(name: str) -> KVFormat | str:
+    """A format name: its KVFormat, or "shipped" (each component as its model ships it)."""
+    return SHIPPED if name == SHIPPED else get_format(name)
+
+
 # --------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------
 
-ATTENTION_TYPES = ("mha", "gqa", "mla", "hybrid_sliding")
+ATTENTION_TYPES = tuple(REQUIRED_CONFIG)  # mha, gqa, mla, hybrid_sliding, hybrid_compressed
 
 
 def configs_dir() -> Path:
@@ -218,12 +94,20 @@ def configs_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "configs"
 
 
+def _number(x: Fraction) -> int | float:
+    """An exact byte count as an int when it is whole, else a float."""
+    return int(x) if x.denominator == 1 else float(x)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model's attention shape, with provenance.
 
     ``config`` holds Hugging Face config.json fields under their exact names.
-    Dispatch on ``attention_type``, never on the model's name.
+    Dispatch on ``attention_type`` (and declared fields such as ``index_head_dim``),
+    never on the model's name. ``extra`` is the file's ``kvbench:`` block (params,
+    ``shipped_formats``: component -> format or stored layout it ships in);
+    ``provenance``: where each group of fields came from.
     """
 
     name: str
@@ -234,6 +118,7 @@ class ModelSpec:
     hf_id: str = ""
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    provenance: tuple[dict[str, Any], ...] = ()
 
     # ---- raw shape -------------------------------------------------------------------
     @property
@@ -250,7 +135,7 @@ class ModelSpec:
 
     @property
     def kv_heads(self) -> int:
-        """KV heads stored per layer (1 for MLA: one latent vector per token)."""
+        """KV heads stored per layer in the primary component (1 for MLA: one latent)."""
         if self.attention_type == "mla":
             return 1
         if self.attention_type == "mha":
@@ -259,25 +144,31 @@ class ModelSpec:
 
     @property
     def head_dim(self) -> int:
-        """Elements per stored KV vector. MLA: kv_lora_rank + qk_rope_head_dim."""
+        """Elements per stored KV vector of the primary component. MLA: kv_lora_rank +
+        qk_rope_head_dim; hybrid_compressed: head_dim of the shared K=V entry."""
         if self.attention_type == "mla":
             return int(self.config["kv_lora_rank"]) + int(self.config["qk_rope_head_dim"])
         return int(self.config["head_dim"])
 
     @property
     def kv_factor(self) -> int:
-        """2 when K and V are stored separately; 1 for MLA's joint latent."""
-        return 1 if self.attention_type == "mla" else 2
+        """2 when K and V are stored separately; 1 for MLA's joint latent and for a
+        shared K=V entry (hybrid_compressed)."""
+        return 1 if self.attention_type in ("mla", "hybrid_compressed") else 2
 
     @property
     def sliding_window(self) -> int | None:
-        if self.attention_type != "hybrid_sliding":
+        if self.attention_type not in ("hybrid_sliding", "hybrid_compressed"):
             return None
         return int(self.config["sliding_window"])
 
     @cached_property
     def layer_types(self) -> tuple[str, ...]:
-        """'full_attention' or 'sliding_attention' per layer."""
+        """Per layer: 'full_attention' or 'sliding_attention' (hybrid_sliding); the
+        DeepSeek-V4 types (sliding_attention, compressed_sparse_attention,
+        heavily_compressed_attention) for hybrid_compressed."""
+        if self.attention_type == "hybrid_compressed":
+            return compressed_layer_types(self.config, f"model {self.name}")
         if self.attention_type == "hybrid_sliding":
             types = tuple(self.config["layer_types"])
             if len(types) != self.num_layers:
@@ -294,35 +185,93 @@ class ModelSpec:
 
     @property
     def sliding_layers(self) -> int:
+        """Layers with a sliding window (every layer of a hybrid_compressed model)."""
         return self.num_layers - self.full_layers
+
+    # ---- components ------------------------------------------------------------------
+    @cached_property
+    def components(self) -> tuple[KVComponent, ...]:
+        """What the cache holds, component by component (kvbench.kvcomponents); the
+        first is the primary one, whose vectors pages hold."""
+        return build_components(self.attention_type, self.config, self.layer_types,
+                                self.shipped_formats, bool(self.extra.get("compressor_state")))
+
+    @property
+    def shipped_formats(self) -> dict[str, str]:
+        """Component -> the kvbench format or stored layout the model ships it in."""
+        return dict(self.extra.get("shipped_formats") or {})
+
+    def codec(self, comp: KVComponent, fmt: KVFormat | str) -> VectorCodec:
+        """How ``comp`` is stored in ``fmt`` (a KVFormat, a format name or "shipped")."""
+        if comp.fixed:
+            return STORED_LAYOUTS[comp.fixed]
+        if fmt == SHIPPED:
+            if not comp.shipped:
+                raise KvbenchError(f"model {self.name}: no shipped format is known for component "
+                                   f"{comp.name} (configs/models kvbench.shipped_formats)")
+            return FORMATS.get(comp.shipped) or STORED_LAYOUTS[comp.shipped]
+        return get_format(fmt) if isinstance(fmt, str) else fmt
+
+    def attention_gap(self, kind: str) -> str:
+        """Why kvbench cannot model this model's attention for ``kind`` ("decode": the
+        paged decode kernels, which read K and V vectors per token, head and layer, sliding
+        windows as a band; "prefill": the recompute model of the prefix benchmark), or ""
+        when it can. A benchmark skips with this reason (dispatch on the shape, never on a
+        name)."""
+        if kind not in ("decode", "prefill"):
+            raise ValueError(f"attention_gap: kind is decode or prefill, not {kind!r}")
+        if self.attention_type == "mla":
+            if kind == "prefill":
+                return "recompute of MLA attention (latent KV, absorbed projections) is not modelled"
+            extra = "; indexer keys are sized, not paged" if len(self.components) > 1 else ""
+            return "decode attention for MLA (absorbed latent) is not modelled" + extra
+        if self.attention_type == "hybrid_compressed":
+            if kind == "prefill":
+                return ("recompute of CSA/HCA compressed attention (compressors, lightning indexer) "
+                        "is not modelled")
+            return ("decode attention for CSA/HCA compressed layers (entries compressed one per m "
+                    "tokens, shared K=V, indexer top-k) has no kernel yet")
+        return ""
+
+    def check_format(self, fmt: KVFormat | str) -> None:
+        """One-line KvbenchError when a component cannot be stored in ``fmt``."""
+        for c in self.components:
+            c.entry_bytes(self.codec(c, fmt))
 
     # ---- KV sizes ----------------------------------------------------------------------
     def kv_bytes_per_token_per_layer(self, fmt: KVFormat | str = "fp16") -> int:
-        """Bytes one token adds to one layer's cache (K and V, all KV heads, with scales)."""
+        """Bytes of one entry of the primary component in one layer (K and V, all KV
+        heads, with in-page scales): one token's for mha/gqa/mla. A page's unit."""
         f = get_format(fmt) if isinstance(fmt, str) else fmt
         return self.kv_factor * self.kv_heads * f.vector_bytes(self.head_dim)
 
-    def kv_bytes_per_token(self, fmt: KVFormat | str = "fp16") -> int:
-        """Bytes per token of context, over the layers whose cache grows with context
-        (all layers, except sliding-window layers of a hybrid model, which are a
-        per-sequence constant: see ``kv_bytes_per_sequence_constant``)."""
-        return self.full_layers * self.kv_bytes_per_token_per_layer(fmt)
+    def kv_bytes_per_token(self, fmt: KVFormat | str = "fp16") -> int | float:
+        """Bytes per token of context over the components that grow with it (a component
+        with one entry per m tokens adds its entry / m); windows and fixed state are a
+        per-sequence constant (``kv_bytes_per_sequence_constant``)."""
+        return _number(sum((c.bytes_per_token(self.codec(c, fmt)) for c in self.components), Fraction(0)))
 
     def kv_bytes_per_sequence_constant(self, fmt: KVFormat | str = "fp16") -> int:
-        """Bytes per sequence held by sliding-window layers once the sequence is at least
-        one window long (0 for models without them)."""
-        if self.attention_type != "hybrid_sliding":
-            return 0
-        return self.sliding_layers * self.sliding_window * self.kv_bytes_per_token_per_layer(fmt)
+        """Bytes per sequence held by windows (once the sequence is one window long) and
+        fixed state (0 for models without them)."""
+        return sum(c.bytes_per_sequence_constant(self.codec(c, fmt)) for c in self.components)
 
     def kv_bytes_for_sequence(self, tokens: int, fmt: KVFormat | str = "fp16") -> int:
-        """Exact KV bytes for one sequence of ``tokens`` tokens (in-page data and scales)."""
-        per_layer = self.kv_bytes_per_token_per_layer(fmt)
-        window = self.sliding_window or 0
-        return (
-            self.full_layers * tokens * per_layer
-            + self.sliding_layers * min(tokens, window) * per_layer
-        )
+        """Exact KV bytes for one sequence of ``tokens`` tokens (in-page data and scales;
+        a compressed component holds only complete m-token windows)."""
+        return sum(c.bytes_for_sequence(int(tokens), self.codec(c, fmt)) for c in self.components)
+
+    def kv_bytes_per_token_at(self, tokens: float, fmt: KVFormat | str = "fp16") -> float:
+        """The growing components' exact bytes at ``tokens`` tokens, per token: what a
+        sequence of that length adds beyond the per-sequence constant. Equals
+        ``kv_bytes_per_token`` when every growing component keeps one entry per token."""
+        t = max(int(tokens), 1)
+        return sum(c.bytes_for_sequence(t, self.codec(c, fmt)) for c in self.components if c.grows) / t
+
+    def kv_vectors_per_token(self) -> Fraction:
+        """Stored vectors each token of context adds (one in-page scale each, for a
+        per-vector format such as fp8_e4m3_token_head)."""
+        return sum((c.vectors_per_token() for c in self.components), Fraction(0))
 
     def tensor_scale_bytes(self, fmt: KVFormat | str = "fp16") -> int:
         """Out-of-page scale bytes for the whole cache (per-tensor / per-head scales)."""
@@ -341,20 +290,28 @@ class ModelSpec:
             "kv_factor": self.kv_factor,
             "sliding_window": self.sliding_window,
             "sliding_layers": self.sliding_layers,
+            "components": [c.name for c in self.components],
             "source_url": self.source_url,
             "retrieved": self.retrieved,
         }
 
 
 _REQUIRED_TOP = ("name", "attention_type", "config", "source_url", "retrieved")
-_REQUIRED_CONFIG = {
-    "mha": ("num_hidden_layers", "num_attention_heads", "head_dim"),
-    "gqa": ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim"),
-    "mla": ("num_hidden_layers", "kv_lora_rank", "qk_rope_head_dim"),
-    "hybrid_sliding": (
-        "num_hidden_layers", "num_key_value_heads", "head_dim", "sliding_window", "layer_types",
-    ),
-}
+
+
+def _date(value: Any) -> str:
+    return value.isoformat() if isinstance(value, (_dt.date, _dt.datetime)) else str(value)
+
+
+def _provenance(data: dict[str, Any], origin: str) -> tuple[dict[str, Any], ...]:
+    """The optional ``provenance:`` list: each entry names its ``fields``, a ``source``
+    and the date it was ``retrieved``."""
+    out = []
+    for i, p in enumerate(data.get("provenance") or []):
+        if not isinstance(p, dict) or not {"fields", "source", "retrieved"} <= set(p):
+            raise KvbenchError(f"{origin}: provenance[{i}] needs fields, source and retrieved")
+        out.append({**p, "retrieved": _date(p["retrieved"])})
+    return tuple(out)
 
 
 def model_from_dict(data: dict[str, Any], origin: str = "<dict>") -> ModelSpec:
@@ -372,26 +329,36 @@ def model_from_dict(data: dict[str, Any], origin: str = "<dict>") -> ModelSpec:
     cfg = data["config"]
     if not isinstance(cfg, dict):
         raise KvbenchError(f"{origin}: 'config' must be a mapping of Hugging Face config fields")
-    for key in _REQUIRED_CONFIG[att]:
+    for key in REQUIRED_CONFIG[att]:
         if key not in cfg:
             raise KvbenchError(f"{origin}: config is missing {key!r} (needed for {att})")
-    for key in ("num_hidden_layers", "num_key_value_heads", "head_dim", "kv_lora_rank"):
+    for key in ("num_hidden_layers", "num_key_value_heads", "head_dim", "kv_lora_rank", "index_head_dim"):
         if key in cfg and (not isinstance(cfg[key], int) or cfg[key] <= 0):
             raise KvbenchError(f"{origin}: config.{key} must be a positive integer")
-    retrieved = data["retrieved"]
-    if isinstance(retrieved, (_dt.date, _dt.datetime)):
-        retrieved = retrieved.isoformat()
     spec = ModelSpec(
         name=str(data["name"]),
         attention_type=att,
         config=dict(cfg),
         source_url=str(data["source_url"]),
-        retrieved=str(retrieved),
+        retrieved=_date(data["retrieved"]),
         hf_id=str(data.get("hf_id", "")),
         notes=str(data.get("notes", "")),
         extra=dict(data.get("kvbench", {}) or {}),
+        provenance=_provenance(data, origin),
     )
     _ = spec.layer_types  # validates hybrid layer lists
+    try:
+        _ = spec.components
+        for name in spec.shipped_formats.values():
+            if name not in FORMATS and name not in STORED_LAYOUTS:
+                raise KvbenchError(f"shipped format {name!r} is neither a KV format nor a stored "
+                                   f"layout ({', '.join([*FORMATS, *STORED_LAYOUTS])})")
+        if spec.shipped_formats:
+            for c in spec.components:
+                if c.shipped:
+                    c.entry_bytes(spec.codec(c, SHIPPED))
+    except KvbenchError as exc:
+        raise KvbenchError(f"{origin}: {exc}") from None
     return spec
 
 
@@ -418,58 +385,3 @@ def load_model(name_or_path: str) -> ModelSpec:
     except yaml.YAMLError as exc:
         raise KvbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return model_from_dict(data, origin=str(path))
-
-
-# --------------------------------------------------------------------------------------
-# Pages
-# --------------------------------------------------------------------------------------
-
-LAYOUTS = ("layer", "block")
-
-
-@dataclass(frozen=True)
-class PageSpec:
-    """Geometry of one page.
-
-    layout "layer": a page holds ``tokens`` tokens of one layer (K and V, all KV heads),
-        as vLLM's per-layer KV blocks do; a sequence needs num_layers pages per span.
-    layout "block": a page holds ``tokens`` tokens of every layer, one contiguous block
-        per token span (the layout that makes offload copies large).
-    Inside a page, for each layer: the K values of all (token, head) vectors, then V
-    values, then the in-page scales of K, then of V (see kvbench.formats for the exact
-    byte map).
-    """
-
-    model: ModelSpec
-    fmt: KVFormat
-    tokens: int
-    layout: str = "layer"
-
-    def __post_init__(self) -> None:
-        if self.tokens <= 0:
-            raise KvbenchError(f"tokens per page must be positive, got {self.tokens}")
-        if self.layout not in LAYOUTS:
-            raise KvbenchError(f"unknown layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
-
-    @property
-    def layers_per_page(self) -> int:
-        return self.model.num_layers if self.layout == "block" else 1
-
-    @property
-    def page_bytes(self) -> int:
-        """Payload bytes of one page (values and in-page scales)."""
-        return self.tokens * self.layers_per_page * self.model.kv_bytes_per_token_per_layer(self.fmt)
-
-    def pages_for_tokens(self, tokens: int) -> int:
-        """Pages one sequence of ``tokens`` tokens needs (all layers, every layer paged)."""
-        spans = -(-tokens // self.tokens)
-        return spans * (self.model.num_layers // self.layers_per_page)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "model": self.model.name,
-            "format": self.fmt.name,
-            "tokens_per_page": self.tokens,
-            "layout": self.layout,
-            "page_bytes": self.page_bytes,
-        }

@@ -18,6 +18,11 @@ GOLDEN_FP16 = {
     "GLM-4.5": 376_832,          # 2 x 92 x 8 x 128 x 2
     "gpt-oss-120b": 36_864,      # 18 full layers x 2 x 8 x 64 x 2 (slope)
     "ms-reference": 393_216,
+    # the growing components' slope (tests/test_model_shapes.py has the arithmetic)
+    "DeepSeek-V3.2": 85_888,     # 61 x (576 latent + 128 indexer key) x 2
+    "GLM-5": 109_824,            # 78 x (576 + 128) x 2
+    "DeepSeek-V4-Pro": 9_848,    # 30 CSA x (512 + 128) x 2 / 4 + 31 HCA x 512 x 2 / 128
+    "DeepSeek-V4-Flash": 6_880,  # 21 CSA x (512 + 128) x 2 / 4 + 20 HCA x 512 x 2 / 128
 }
 
 
@@ -39,8 +44,9 @@ def test_quantized_formats_scale_with_bits(name):
     assert m.kv_bytes_per_token("fp8_e4m3") * 2 == fp16
     assert m.kv_bytes_per_token("nvfp4") * 16 == fp16 * 4.5   # 4 bits + e4m3 per 16
     assert m.kv_bytes_per_token("mxfp4") * 16 == fp16 * 4.25  # 4 bits + e8m0 per 32
-    # per token-and-head fp32 scale: 4 B per head_dim elements
-    vectors = m.full_layers * m.kv_factor * m.kv_heads
+    # per token-and-head fp32 scale: 4 B per stored vector (per token: full layers x K,V x
+    # KV heads for mha/gqa/mla; a compressed component's vectors count 1/m per token)
+    vectors = m.kv_vectors_per_token()
     assert m.kv_bytes_per_token("fp8_e4m3_token_head") == fp16 // 2 + 4 * vectors
 
 

@@ -30,6 +30,9 @@ examples:
   kvbench size --scenario ms-chatgpt-2026 --explain
   kvbench size --scenario ms-chatgpt-2026 --sweep input_tokens=2000,5000,20000,50000,200000 --plot sweep.png
   kvbench size --scenario llama-3.1-70b-fp8-chat --results results/run.json --json sizing.json
+  kvbench size --scenario ms-chatgpt-2026 --model DeepSeek-V4-Pro --format shipped
+  kvbench size --scenario ms-chatgpt-2026 --format shipped \
+      --compare-models DeepSeek-V3.2,DeepSeek-V4-Pro,DeepSeek-V4-Flash
 see docs/sizing.md for every scenario field and formula.
 """
 
@@ -49,6 +52,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", metavar="NAME|PATH",
                    help="scenario name in configs/scenarios/ (e.g. ms-chatgpt-2026) or a YAML file path")
     p.add_argument("--list", action="store_true", help="list the scenarios in configs/scenarios/ and exit")
+    p.add_argument("--model", metavar="NAME",
+                   help="re-size the scenario for this model shape (a configs/models name; its KV "
+                        "bytes/token at the scenario's tokens/request, windows and state included); "
+                        "demand, placement, fleet and weights stay the scenario's")
+    p.add_argument("--format", metavar="F",
+                   help="re-size the scenario for this KV format (a kvbench format, or 'shipped': "
+                        "each component as the model ships it)")
+    p.add_argument("--compare-models", metavar="A,B,...",
+                   help="size the scenario once per model (in --format, else the scenario's) and "
+                        "print the tier totals side by side")
     p.add_argument("--results", nargs="+", metavar="R.json",
                    help="kvbench result files: replace assumptions with what they measured "
                         "(KV bytes/token, HBM per GPU, decode capacity from e2e tok/s or decode "
@@ -99,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         check_output(Path(args.plot), "--plot", must_exist=False)
 
     scn = load_scenario(args.scenario)
+    if getattr(args, "compare_models", None):
+        return _compare(args, scn)
+    scn = _retargeted(args, scn)
     assumed = compute(scn)
     measured = None
     if args.results:
@@ -113,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         key, values = sweep_spec
         base, scale = final.scenario, 1.0
         if measured and final.quantities["kv_bytes_per_token"].source == "measured" and key != "format":
-            scale = final.q("kv_bytes_per_token") / base.model.kv_bytes_per_token(base.fmt)
+            scale = final.q("kv_bytes_per_token") / base.model.kv_bytes_per_token_at(
+                base.demand.tokens_per_request, base.fmt)
         sweep = run_sweep(base, key, values, kv_bytes_per_token_scale=scale)
 
     doc = report.to_json(assumed, findings, measured, sweep)
@@ -143,6 +160,39 @@ def run(args: argparse.Namespace) -> int:
         path = report.plot(args.plot, final, sweep)
         if args.json != "-":
             print(f"wrote {path}")
+    return 0
+
+
+def _retargeted(args: argparse.Namespace, scn):
+    """The scenario for ``--model`` / ``--format`` (itself without them)."""
+    if not (getattr(args, "model", None) or getattr(args, "format", None)):
+        return scn
+    from kvbench.sizing.retarget import retarget
+
+    return retarget(scn, args.model, args.format)
+
+
+def _compare(args: argparse.Namespace, scn) -> int:
+    """``--compare-models``: tier totals per model, side by side (or JSON)."""
+    from kvbench.sizing import report
+    from kvbench.sizing.retarget import compare, compare_json, compare_table, parse_models
+
+    if args.model or args.results or args.sweep or args.plot:
+        raise KvbenchError("--compare-models compares tier totals only: drop --model, --results, "
+                           "--sweep and --plot")
+    sizings = compare(scn, parse_models(args.compare_models), args.format)
+    doc = compare_json(sizings)
+    if args.json == "-":
+        json.dump(doc, sys.stdout, indent=1, allow_nan=False, default=str)
+        sys.stdout.write("\n")
+        return 0
+    c = report.console()
+    c.print(compare_table(sizings))
+    c.print(report.UNITS_NOTE, markup=False)
+    if args.json:
+        from kvbench.results import write_atomic
+
+        c.print(f"wrote {write_atomic(args.json, doc)}")
     return 0
 
 

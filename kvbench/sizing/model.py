@@ -143,27 +143,49 @@ def weights_bytes(scn: Scenario) -> Quantity:
     )
 
 
+def _kv_formula(scn: Scenario, spec_bpt: float) -> str:
+    """How the model's bytes per token are obtained, with the numbers (kvbench.spec)."""
+    model, fmt = scn.model, scn.fmt
+    comps = model.components
+    fname = fmt if isinstance(fmt, str) else fmt.name
+    if len(comps) == 1 and comps[0].grows and comps[0].tokens_per_entry == 1 and not comps[0].fixed:
+        c, codec = comps[0], model.codec(comps[0], fmt)
+        return (f"{model.full_layers} layers x {model.kv_factor} (K,V) x {model.kv_heads} KV heads x "
+                f"{codec.vector_bytes(model.head_dim)} B per {model.head_dim}-element vector "
+                f"({fname}, in-page scales included) = {num(spec_bpt)} B")
+    tokens = int(scn.demand.tokens_per_request)
+    parts = []
+    for c in comps:
+        if not c.grows:
+            continue
+        b = c.entry_bytes(model.codec(c, fmt))
+        entries = f"{num(c.entries(tokens))} entries" if c.tokens_per_entry > 1 else "1 per token"
+        parts.append(f"{c.name}: {len(c.layers)} layers x {b} B ({entries})")
+    at = f" at {num(tokens)} tokens/request" if any(c.tokens_per_entry > 1 for c in comps if c.grows) else ""
+    return (f"{'; '.join(parts)} ({fname}, in-page scales included){at} = {num(spec_bpt)} B "
+            f"(kvbench info --model {model.name} --context {num(tokens)} shows each component)")
+
+
 def _kv_per_token(scn: Scenario, put, kv_bytes_per_token: float | None,
                   kv_source: str) -> tuple[float, float]:
-    """KV bytes per token and the per-sequence constant of sliding-window layers (B)."""
+    """KV bytes per token and the per-sequence constant (sliding windows, fixed state; B).
+    Bytes per token are exact at the scenario's context, tokens/request: a component with
+    one entry per m tokens holds floor(tokens / m) entries."""
     model, fmt = scn.model, scn.fmt
-    spec_bpt = model.kv_bytes_per_token(fmt)
+    spec_bpt = model.kv_bytes_per_token_at(scn.demand.tokens_per_request, fmt)
     if kv_bytes_per_token is None:
-        bpt = put(Quantity(
-            "kv_bytes_per_token", "KV bytes / token", spec_bpt, "B", "model",
-            f"{model.full_layers} layers x {model.kv_factor} (K,V) x {model.kv_heads} KV heads x "
-            f"{fmt.vector_bytes(model.head_dim)} B per {model.head_dim}-element vector "
-            f"({fmt.name}, in-page scales included) = {num(spec_bpt)} B",
-        ))
+        bpt = put(Quantity("kv_bytes_per_token", "KV bytes / token", spec_bpt, "B", "model",
+                           _kv_formula(scn, spec_bpt)))
     else:
         bpt = put(Quantity("kv_bytes_per_token", "KV bytes / token", kv_bytes_per_token, "B",
                            "measured", f"{num(kv_bytes_per_token)} B ({kv_source})"))
     seq_const = model.kv_bytes_per_sequence_constant(fmt) * (bpt / spec_bpt)
     if seq_const:
-        put(Quantity("kv_bytes_per_sequence_constant", "KV bytes / sequence (sliding layers)",
+        held = [f"{c.name} ({len(c.layers)} layers x {c.max_entries} {'rows' if c.constant else 'entries'})"
+                for c in model.components if not c.grows]
+        put(Quantity("kv_bytes_per_sequence_constant", "KV bytes / sequence (windows, state)",
                      seq_const, "B", "model",
-                     f"{model.sliding_layers} sliding layers x {model.sliding_window}-token window "
-                     f"x per-layer bytes = {num(seq_const)} B"))
+                     f"{' + '.join(held)} x per-entry bytes = {num(seq_const)} B"))
     return bpt, seq_const
 
 

@@ -24,7 +24,7 @@ from kvbench.errors import KvbenchError
 # SIZE_UNITS, RENAMED_TIERS and renamed_key are part of this module's interface (they
 # live in kvbench.sizing.fields, with the field reader)
 from kvbench.sizing.fields import RENAMED_TIERS, SIZE_UNITS, Section, renamed_key, to_number  # noqa: F401
-from kvbench.spec import KVFormat, ModelSpec, configs_dir, get_format, load_model
+from kvbench.spec import KVFormat, ModelSpec, configs_dir, load_model, resolve_format
 
 #: Tiers, by kvbench's tier names (kvbench.tiers; ``remote``: another host's storage,
 #: here the central datalake), and how tables label them (the published model's words
@@ -176,8 +176,9 @@ class Scenario:
         return load_model(self.model_name)
 
     @property
-    def fmt(self) -> KVFormat:
-        return get_format(self.kv_format)
+    def fmt(self) -> KVFormat | str:
+        """The KV format, or "shipped": each component as the model ships it."""
+        return resolve_format(self.kv_format)
 
 
 # ------------------------------------------------------------------------ validation
@@ -237,11 +238,11 @@ def _read_model(top: Section) -> tuple[ModelSpec, Weights]:
     return spec, weights
 
 
-def _read_format(top: Section) -> str:
+def _read_format(top: Section, spec: ModelSpec) -> str:
     k = top.sub("kv")
     fmt = k.text("format", required=True)
-    try:
-        get_format(fmt)
+    try:  # a kvbench format, or "shipped" when the model declares its shipped formats
+        spec.check_format(resolve_format(fmt))
     except KvbenchError as exc:
         raise k.error("format", f": {exc}") from None
     k.done()
@@ -332,7 +333,7 @@ def scenario_from_dict(data: Any, name: str, path: str = "<dict>") -> Scenario:
     top.scn = scn_name
     demand = _read_demand(top)
     spec, weights = _read_model(top)
-    fmt = _read_format(top)
+    fmt = _read_format(top, spec)
     placement = _read_placement(top)
     fleet = _read_fleet(top)
     dl = top.sub("datalake", required=False)

@@ -25,7 +25,7 @@ from kvbench.errors import KvbenchError
 from kvbench.sizing.model import Sizing, compute
 from kvbench.sizing.numbers import num
 from kvbench.sizing.scenario import SCALING_RULES, Scenario
-from kvbench.spec import get_format
+from kvbench.spec import resolve_format
 
 SWEEP_KEYS = {
     "input_tokens": "demand.input_tokens_per_request (RAG, output, peak-day tokens per demand.sweep_scaling)",
@@ -69,9 +69,9 @@ def parse_sweep(text: str) -> tuple[str, list]:
     if key not in SWEEP_KEYS:
         raise KvbenchError(f"--sweep: unknown key {key!r}; known: {', '.join(SWEEP_KEYS)}")
     raw = [v.strip() for v in rest.split(",") if v.strip()]
-    if key == "format":
+    if key == "format":  # a kvbench format or "shipped" (checked against the model when sized)
         for v in raw:
-            get_format(v)
+            resolve_format(v)
         return key, raw
     values = []
     for v in raw:
@@ -128,7 +128,7 @@ def run_sweep(scn: Scenario, key: str, values: list, *, kv_bytes_per_token_scale
     for v in values:
         s = apply(scn, key, v)
         if kv_bytes_per_token_scale != 1.0:
-            bpt = s.model.kv_bytes_per_token(s.fmt) * kv_bytes_per_token_scale
+            bpt = s.model.kv_bytes_per_token_at(s.demand.tokens_per_request, s.fmt) * kv_bytes_per_token_scale
             sizings.append(compute(s, kv_bytes_per_token=bpt, kv_source="measured, scaled"))
         else:
             sizings.append(compute(s))

@@ -59,8 +59,9 @@ class Cache:
     def __init__(self, ctx: RunContext, fmt: str, batch: int, context: int):
         import torch
 
-        if ctx.model.attention_type == "mla":
-            raise Skip("decode attention for MLA (absorbed latent) is not modelled")
+        gap = ctx.model.attention_gap("decode")
+        if gap:
+            raise Skip(gap)
         from kvbench.kernels_loader import load_kernels
 
         try:

@@ -104,8 +104,9 @@ def kernel_check_case(ctx: RunContext, fmt: str) -> dict:
     from kvbench.tiers.dram import DramTier
     from kvbench.tiers.hbm import HbmTier
 
-    if ctx.model.attention_type == "mla":
-        raise Skip("decode attention for MLA (absorbed latent) is not modelled")
+    gap = ctx.model.attention_gap("decode")
+    if gap:
+        raise Skip(gap)
     cache = Cache(ctx, fmt, 2, 3 * ctx.tokens_per_page - 5)
     dev = "cuda" if ctx.cuda else "cpu"
     tier = HbmTier() if ctx.cuda else DramTier(pinned=False)

@@ -48,9 +48,10 @@ class _Shape:
 
 
 def _shape(ctx: RunContext, fmt: str, batch: int, context: int) -> _Shape | None:
-    """None for MLA (the case skips: decode of latent KV is not modelled)."""
+    """None where decode attention is not modelled for the shape (the case skips with
+    ``ModelSpec.attention_gap``)."""
     m = ctx.model
-    if m.attention_type == "mla":
+    if m.attention_gap("decode"):
         return None
     spec = PageSpec(m, get_format(fmt), ctx.tokens_per_page, "layer")
     return _Shape(m.num_layers, batch, -(-context // spec.tokens), spec.tokens, spec.page_bytes,

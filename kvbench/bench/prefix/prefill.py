@@ -38,8 +38,9 @@ def prefill_layers(model: ModelSpec) -> tuple[list[LayerKind], list[str]]:
     ``num_experts_per_tok``, plus shared experts (``n_shared_experts`` x the expert
     width, or ``shared_expert_intermediate_size``); the first ``first_k_dense_replace``
     layers are dense with ``intermediate_size``."""
-    if model.attention_type == "mla":
-        raise Skip("recompute of MLA attention (latent KV, absorbed projections) is not modelled")
+    gap = model.attention_gap("prefill")
+    if gap:
+        raise Skip(gap)
     cfg = model.config
     notes: list[str] = []
     if "intermediate_size" not in cfg and "moe_intermediate_size" not in cfg:

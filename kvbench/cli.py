@@ -79,17 +79,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     from kvbench.env import collect_environment
     from kvbench.report.machine import machine_lines
     from kvbench.runner import make_nvme_workdir, remove_workdir
-    from kvbench.spec import FORMATS, list_models, load_model
+    from kvbench.model_info import info_formats, model_json, parse_context, print_model
+    from kvbench.spec import list_models, load_model
     from kvbench.tiers import TIER_NAMES, make_tier
-    from kvbench.units import GB, GiB
+    from kvbench.units import GB
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     if args.list_models:
         for name in list_models():
             m = load_model(name)
-            console.print(f"{name:18} {m.attention_type:15} {m.kv_bytes_per_token('fp16'):>9,} B/token (fp16)")
+            console.print(f"{name:18} {m.attention_type:17} {m.kv_bytes_per_token('fp16'):>9,} B/token (fp16)")
         return 0
     model = load_model(args.model) if args.model else None
+    if not model and (args.format or args.context):
+        raise KvbenchError("info: --format and --context describe a model's KV cache: give --model")
+    # bad input fails in one line before the machine is probed
+    formats = info_formats(model, args.format) if model else []
+    context = parse_context(args.context)
     nvme_dir, owned = make_nvme_workdir(args.nvme_dir)
     try:
         env = collect_environment(nvme_dir=nvme_dir)
@@ -103,8 +109,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         out: dict[str, Any] = {"kvbench_version": __version__, "environment": env, "tiers": tiers}
         if model:
-            out["model"] = model.summary()
-            out["kv_bytes_per_token"] = {f: model.kv_bytes_per_token(f) for f in FORMATS}
+            out.update(model_json(model, formats, context))
         print(json.dumps(out, indent=1, default=str))
         return 0
     console.print(f"[bold]kvbench {__version__}[/bold]")
@@ -123,22 +128,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                   f"{free / GB:,.1f} GB" if free else "")
     console.print(t)
     if model:
-        t = Table(title=f"KV cache of {model.name} ({model.attention_type}; "
-                        f"{model.num_layers} layers, {model.kv_heads} KV heads x {model.head_dim})  "
-                        f"GB = 1e9 B, GiB = 2^30 B", title_justify="left")
-        for col in ("format", "bits/elem", "B/token", "GB / 1M tokens", "GiB / 1M tokens", "vs fp16"):
-            t.add_column(col, justify="right")
-        base = model.kv_bytes_per_token("fp16")
-        for f in FORMATS.values():
-            b = model.kv_bytes_per_token(f)
-            t.add_row(f.name, f"{f.bits_per_element(model.head_dim):.3g}", f"{b:,}",
-                      f"{b * 1e6 / GB:,.2f}", f"{b * 1e6 / GiB:,.2f}", f"{base / b:.2f}x")
-        console.print(t)
-        const = model.kv_bytes_per_sequence_constant("fp16")
-        if const:
-            console.print(f"  plus {const:,} B per sequence (fp16) in {model.sliding_layers} "
-                          f"sliding-window layers of {model.sliding_window} tokens")
-        console.print(f"  source: {model.source_url} (retrieved {model.retrieved})")
+        print_model(console, model, formats, context)
     return 0
 
 
@@ -162,10 +152,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _run_settings(args)
     from kvbench import distributed
 
-    if args.ranks is not None or distributed.launched():
+    if args.ranks is not None or distributed.launched() or args.fleet:
         from kvbench.launch import check_launch, run_ranks, spawn_local
 
-        check_launch(args.ranks, settings["benches"])
+        check_launch(args.ranks, settings["benches"], fleet=args.fleet, dry_run=args.dry_run)
+        if distributed.launched() and args.fleet:  # every rank runs the local suite
+            from kvbench.fleet import run_fleet
+
+            return run_fleet(args.dist_timeout, lambda block, path, sink: _run_here(
+                args, settings, block, output=path, sink=sink), Path(args.output) if args.output else None)
         if distributed.launched():  # one rank of torchrun's, or of --ranks
             return run_ranks(args.dist_timeout, lambda block: _run_here(args, settings, block))
         if args.ranks > 1:
@@ -209,8 +204,11 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"benches": benches, "model": model, "formats": formats, "layouts": layouts, "options": options}
 
 
-def _run_here(args: argparse.Namespace, settings: dict[str, Any], group: dict[str, Any] | None) -> int:
-    """Run in this process (rank 0 of a launched run: ``group`` describes the group)."""
+def _run_here(args: argparse.Namespace, settings: dict[str, Any], group: dict[str, Any] | None,
+              output: Path | None = None, sink: dict[str, Any] | None = None) -> int:
+    """Run in this process (rank 0 of a launched run: ``group`` describes the group).
+    One rank of a fleet run: the result goes to ``output``, the document to
+    ``sink["doc"]``, nothing is printed but a progress bar where ``sink["progress"]``."""
     from kvbench.bench import RunContext
     from kvbench.timing import cuda_available
 
@@ -241,8 +239,8 @@ def _run_here(args: argparse.Namespace, settings: dict[str, Any], group: dict[st
         env = collect_environment(nvme_dir=nvme_dir)
         if group is not None:
             env["distributed"] = group  # every rank's identity, the link, the timeout
-        output = Path(args.output) if args.output else default_output(env)
-        if not args.dry_run and not args.output:  # the default's folder is created if missing
+        output = output or (Path(args.output) if args.output else default_output(env))
+        if not args.dry_run and not args.output and sink is None:  # the default's folder is created if missing
             check_output(output, "--output", force=args.force, must_exist=False)
         ctx = RunContext(
             cuda=plan_cuda, quick=quick, model=model, formats=formats,
@@ -260,17 +258,21 @@ def _run_here(args: argparse.Namespace, settings: dict[str, Any], group: dict[st
         try:
             from kvbench.launch import launch_argv
 
+            show = sink is None or sink.get("progress")
             doc, path = run(benches, ctx, output, argv=launch_argv() or sys.argv[1:], console=console,
-                            progress=not (args.no_progress or args.quiet), cases=args.cases)
+                            progress=bool(show) and not (args.no_progress or args.quiet), cases=args.cases)
         except KeyboardInterrupt as exc:
             # 128 + the signal's number, as shells and `timeout` report: 130 SIGINT, 143 SIGTERM
             term = isinstance(exc, Terminated)
             console.print(f"kvbench: interrupted{' (SIGTERM)' if term else ''}; "
-                          f"finished cases written to {output}", markup=False, highlight=False)
+                          + (f"finished cases written to {output}" if sink is None else
+                             "this fleet rank's cases are discarded"), markup=False, highlight=False)
             return 143 if term else 130
         finally:
             signal.signal(signal.SIGTERM, previous)
-        if args.quiet:
+        if sink is not None:  # a fleet rank: rank 0 prints the fleet's result (kvbench.fleet)
+            sink["doc"] = doc
+        elif args.quiet:
             print(path)
         else:  # the summary and the result's path on stdout; progress and logs went to stderr
             from kvbench.report.page import make_console
@@ -303,9 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
         "info", help="what this machine has: GPUs, host, tiers (and why one is unavailable)",
         description="Print this machine's identity and which tiers kvbench can use here, "
                     "with the reason for any that it cannot; with --model, the KV bytes "
-                    "per token and per 1M tokens of every format.",
+                    "per token and per 1M tokens of every format, per component (latent, indexer "
+                    "keys, window, compressed entries, state), and with --context the total at "
+                    "that length.",
     )
-    info.add_argument("--model", help="also print KV sizes of this model (a configs/models name)")
+    info.add_argument("--model", help="also print KV sizes of this model (a configs/models name), "
+                                      "component by component")
+    info.add_argument("--format", metavar="F[,F...]",
+                      help="with --model: only these KV formats ('shipped': each component as the "
+                           "model ships it; default: shipped where declared, then every format)")
+    info.add_argument("--context", metavar="TOKENS",
+                      help="with --model: also the exact KV bytes of one sequence of this many tokens")
     info.add_argument("--list-models", action="store_true", help="list the model configs and exit")
     info.add_argument("--nvme-dir", help="folder whose disk backs the nvme tier (default: the first disk-backed of "
                            "$KVBENCH_NVME_DIR, $TMPDIR, /var/tmp, /tmp, .)")
@@ -372,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start N ranks on this machine (torch.distributed, gloo on 127.0.0.1): rank 0 "
                           "runs the benchmarks, the others hold the remote tier's pages (--bench remote); "
                           "across machines launch with torchrun instead (README: Beyond one machine)")
+    run.add_argument("--fleet", action="store_true",
+                     help="with --ranks N or under torchrun: every rank runs the selected local benchmarks "
+                          "on its own GPU or host at once; rank 0 writes one fleet result (per-rank figures "
+                          "and their spread; kvbench compare reads it)")
     run.add_argument("--dist-timeout", type=_positive_float, default=DIST_TIMEOUT_S, metavar="S",
                      help=f"seconds any wait on another rank may take before the run ends with a message "
                           f"(default {DIST_TIMEOUT_S:g})")

@@ -34,7 +34,7 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 NO_GROUP = ("the remote tier needs a torch.distributed process group of >= 2 ranks: launch with "
             "`kvbench run --bench remote --ranks 2` or torchrun")
 
-_state: dict[str, Any] = {"timeout_s": DIST_TIMEOUT_S, "failure": "", "failed_ranks": set()}
+_state: dict[str, Any] = {"timeout_s": DIST_TIMEOUT_S, "failure": "", "failed_ranks": set(), "no_peers": ""}
 
 
 def launched() -> bool:
@@ -73,7 +73,7 @@ def init_group(timeout_s: float = DIST_TIMEOUT_S) -> None:
         raise KvbenchError(f"$RANK={rank} is outside a world of $WORLD_SIZE={world}")
     if not timeout_s > 0:
         raise KvbenchError(f"--dist-timeout {timeout_s:g}: must be a positive number of seconds")
-    _state.update(timeout_s=float(timeout_s), failure="", failed_ranks=set())
+    _state.update(timeout_s=float(timeout_s), failure="", failed_ranks=set(), no_peers="")
     if dist.is_initialized():
         return
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
@@ -111,7 +111,15 @@ def group_status() -> tuple[bool, str]:
         return False, f"{NO_GROUP} (this group has {world} rank)"
     if _state["failure"]:
         return False, f"the process group failed earlier in this run: {_state['failure']}"
+    if _state["no_peers"]:
+        return False, _state["no_peers"]
     return True, f"rank {dist.get_rank()} of {world}, {dist.get_backend()}"
+
+
+def no_peers(why: str) -> None:
+    """Say that no rank of this group serves pages (a fleet run: every rank runs its own
+    benchmarks); the remote tier is then unavailable, with ``why``."""
+    _state["no_peers"] = why
 
 
 def timeout_s() -> float:

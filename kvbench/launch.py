@@ -35,9 +35,10 @@ GRACE_S = 10.0
 MAX_LOCAL_RANKS = 64
 
 
-def check_launch(ranks: int | None, benches: list[Any]) -> None:
+def check_launch(ranks: int | None, benches: list[Any], fleet: bool = False, dry_run: bool = False) -> None:
     """One-line errors before anything starts: a launch runs only benchmarks that use
-    the group (``Benchmark.distributed``), with as many ranks as the launcher started."""
+    the group (``Benchmark.distributed``), with as many ranks as the launcher started;
+    a fleet launch (``--fleet``) only the local ones, on every rank."""
     many = (ranks or 1) > 1 or (distributed.launched() and os.environ.get("WORLD_SIZE") != "1")
     if ranks is not None and ranks > MAX_LOCAL_RANKS:
         raise KvbenchError(f"--ranks {ranks}: at most {MAX_LOCAL_RANKS} ranks on one machine "
@@ -45,13 +46,29 @@ def check_launch(ranks: int | None, benches: list[Any]) -> None:
     if distributed.launched() and ranks is not None and str(ranks) != os.environ.get("WORLD_SIZE"):
         raise KvbenchError(f"--ranks {ranks} under a launcher of $WORLD_SIZE={os.environ.get('WORLD_SIZE')} "
                            "ranks: leave --ranks out under torchrun")
+    if fleet:
+        _check_fleet(many, benches, dry_run)
+        return
     local = [b.key for b in benches if not b.distributed]
     if many and local:
         keys = [b.key for b in benches if b.distributed]
         raise KvbenchError(f"a multi-rank run runs only the benchmarks that use the group "
                            f"({', '.join(keys) or 'none selected'}): {', '.join(local)} would leave the "
-                           "other ranks idle (fleet runs of the local suite on every rank are not built "
-                           "yet); select --bench remote")
+                           "other ranks idle; select --bench remote, or add --fleet to run the local "
+                           "benchmarks on every rank")
+
+
+def _check_fleet(many: bool, benches: list[Any], dry_run: bool) -> None:
+    if not many:
+        raise KvbenchError("--fleet runs the local benchmarks on every rank of a launch: give --ranks N "
+                           "(N >= 2) or launch with torchrun")
+    if dry_run:
+        raise KvbenchError("--fleet --dry-run: a fleet plans what each rank plans; leave out --ranks and "
+                           "--fleet to see the plan")
+    grouped = [b.key for b in benches if b.distributed]
+    if grouped:
+        raise KvbenchError(f"--fleet runs the local benchmarks on every rank: {', '.join(grouped)} needs the "
+                           "other ranks to serve it (run it without --fleet)")
 
 
 def rendezvous_store(timeout_s: float) -> Any:

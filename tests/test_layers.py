@@ -90,7 +90,8 @@ def test_lower_layers_import_no_benchmark():
 #: above; prefixes are matched longest first
 FLOORS = [
     ("ground", ("kvbench.units", "kvbench.errors", "kvbench.mounts", "kvbench.stats", "kvbench.owner")),
-    ("spec and formats", ("kvbench.spec", "kvbench.formats", "kvbench.plotkit")),
+    ("spec and formats", ("kvbench.spec", "kvbench.kvformat", "kvbench.kvcomponents", "kvbench.pagespec",
+                          "kvbench.formats", "kvbench.plotkit")),
     ("machine, tiers, movers, kernels",
      ("kvbench.env", "kvbench.timing", "kvbench.tiers", "kvbench.movers", "kvbench.store", "kvbench.distributed",
       "kvbench.kernels_loader", "kvbench.attention", "kvbench.quantized_pages", "kvbench.footprint",
@@ -98,7 +99,9 @@ FLOORS = [
     ("results", ("kvbench.results",)),
     ("measurement", ("kvbench.measure",)),
     ("benchmarks", ("kvbench.bench", "kvbench.hf")),
-    ("runner, presentation, sizing", ("kvbench.runner", "kvbench.launch", "kvbench.report", "kvbench.sizing")),
+    ("runner, presentation, sizing", ("kvbench.runner", "kvbench.launch", "kvbench.fleet", "kvbench.report",
+                                      "kvbench.sizing",
+                                      "kvbench.model_info")),
     ("command line", ("kvbench.cli", "kvbench.__main__")),
 ]
 ROOT = PKG.parent
@@ -195,10 +198,16 @@ def test_formats_import_nothing_from_a_higher_layer():
     assert not found, found
 
 
+#: the pure modules of the spec floor: they import errors and each other, never torch
+SPEC_MODULES = ("spec.py", "kvformat.py", "kvcomponents.py", "pagespec.py")
+
+
 def test_spec_imports_only_errors():
-    mods = {m for m in imported_modules(PKG / "spec.py") if m.startswith("kvbench")}
-    assert mods <= {"kvbench.errors", "kvbench.errors.KvbenchError"}, mods
-    assert not any(m == "torch" or m.startswith("torch.") for m in imported_modules(PKG / "spec.py"))
+    allowed = {"kvbench.errors", "kvbench.kvformat", "kvbench.kvcomponents", "kvbench.pagespec"}
+    for name in SPEC_MODULES:
+        mods = {m for m in imported_modules(PKG / name) if m.startswith("kvbench")}
+        assert {m for m in mods if m not in allowed and m.rpartition(".")[0] not in allowed} == set(), (name, mods)
+        assert not any(m == "torch" or m.startswith("torch.") for m in imported_modules(PKG / name)), name
 
 
 def test_the_layer_rule_sees_an_upward_import(tmp_path):

@@ -60,7 +60,7 @@ def _round_trips(nvme_dir: str) -> None:
     # 64 KiB chunks: several coalesced messages per list, and pages larger than a chunk
     for fmt, layout, tokens in (("fp16", "layer", 16), ("nvfp4", "block", 4), ("fp8_e4m3", "layer", 64)):
         spec = PageSpec(model, get_format(fmt), tokens, layout)
-        for batching in ("per_page", "coalesced"):
+        for batching in ("per_page", "grouped", "coalesced"):
             tier = RemoteTier(peer=1, batching=batching, chunk_bytes=64 * 1024)
             assert tier.available()[0] and tier.label.startswith("remote (host memory of rank 1")
             n = 10
@@ -134,14 +134,21 @@ def test_a_two_rank_run_writes_paired_ceilings(tmp_path, capsys):
     assert group["launcher"] == "kvbench run --ranks 2" and group["backend"] == "gloo"
     cases = {c["name"]: c for c in doc["cases"]}
     assert set(cases) == {f"{d}/layer/fp16/16tok/{b}" for d in ("remote->dram", "dram->remote")
-                          for b in ("per_page", "coalesced")}
+                          for b in ("per_page", "grouped", "coalesced")}
     for name, c in cases.items():
         assert c["status"] == "ok", (name, c["reason"])
         m, pair = c["metrics"], c["paired"]["pct_of_ceiling"]
         assert m["gbps"] > 0 and m["ceiling_gbps"] > 0 and 0 < m["pct_of_ceiling"] == pair["median"]
         assert pair["n"] >= 6 and pair["numerator"] == "paged" and pair["denominator"] == "ceiling"
         assert len(c["samples"]["gbps"]) == len(c["samples"]["ceiling_gbps"]) == pair["n"]
-        assert c["config"]["messages"] == (c["config"]["pages"] if c["config"]["batching"] == "per_page" else 1)
+        cfg = c["config"]
+        if cfg["batching"] == "coalesced":  # messages of the size the ceiling found fastest
+            assert cfg["messages"] == -(-cfg["bytes"] // cfg["chunk_bytes"]) and cfg["transport"] == "torch"
+            if cfg["ceiling"] != "contiguous, one message":
+                assert cfg["ceiling"] == f"contiguous, {cfg['chunk_bytes'] >> 20} MiB messages"
+                assert cfg["chunk_from"].startswith("the message size the contiguous ceiling found fastest")
+        else:
+            assert cfg["messages"] == cfg["pages"] and "chunk_bytes" not in cfg
         assert any(n.startswith("loopback:") for n in c["notes"])
         assert c["config"]["ceiling"].startswith("contiguous, ")  # the fastest message size, said
         one = c["config"]["ceiling"] == "contiguous, one message"
@@ -151,7 +158,7 @@ def test_a_two_rank_run_writes_paired_ceilings(tmp_path, capsys):
 
     assert main(["report", str(work / "r.json")]) == 0
     shown = capsys.readouterr().out
-    assert "remote: 4 ok, 0 skipped, 0 errors" in shown and "pct_of_ceiling (%)" in shown
+    assert "remote: 6 ok, 0 skipped, 0 errors" in shown and "pct_of_ceiling (%)" in shown
     assert "remote: paged transfers to and from a peer rank" in shown and "loopback" in shown
 
 
@@ -230,7 +237,7 @@ def test_the_plan_names_directions_batching_and_gpu_skips(tmp_path):
     assert "remote->dram/block/nvfp4/16tok/per_page" in names and "dram->remote/layer/fp16/16tok/coalesced" in names
     assert [n for n in names if n.startswith("sweep/")] == [f"sweep/remote->dram/layer/fp16/{t}tok/{b}"
                                                             for t in (16, 64, 256, 1024)
-                                                            for b in ("per_page", "coalesced")]
+                                                            for b in ("per_page", "grouped", "coalesced")]
     gpu = {c.name: c.run(ctx) for c in R.plan(ctx) if "hbm" in c.name}
     assert set(gpu) == {"remote->hbm/*", "hbm->remote/*"}
     assert all(c["status"] == "skipped" and c["reason"].startswith("needs a CUDA device") for c in gpu.values())

@@ -210,6 +210,9 @@ class Benchmark:
     headline_unit: str = ""
     #: ``--set`` options this benchmark reads: full key -> one-line description
     options: dict[str, str] = field(default_factory=dict)
+    #: checks its ``--set`` values before anything runs or is launched (raises a
+    #: one-line KvbenchError for a bad one); None: values are checked when planned
+    check: Callable[[dict[str, str]], None] | None = None
     #: further metrics worth a column in report tables (shown when a case has them)
     columns: tuple[str, ...] = ()
     #: plots of its results (kvbench report --plot-dir / --html)
@@ -236,7 +239,8 @@ def registry() -> dict[str, Benchmark]:
 
 
 def check_options(options: dict[str, str], benches: list[Benchmark]) -> None:
-    """Refuse a --set key no selected benchmark reads (a typo would be silently ignored)."""
+    """Refuse a --set key no selected benchmark reads (a typo would be silently ignored),
+    and a value a benchmark's ``check`` refuses."""
     from kvbench.errors import KvbenchError
 
     known = {k for b in benches for k in b.options}
@@ -244,6 +248,9 @@ def check_options(options: dict[str, str], benches: list[Benchmark]) -> None:
         if key not in known:
             raise KvbenchError(f"--set {key}: no selected benchmark reads it; known: "
                                f"{', '.join(sorted(known)) or 'none'} (see 'kvbench run --list')")
+    for b in benches:
+        if b.check is not None:
+            b.check(options)
 
 
 def match_keys(available: list[str], wanted: list[str], what: str, where: str = "") -> list[str]:

@@ -6,13 +6,15 @@ Runs on rank 0 of a multi-rank launch (``kvbench run --bench remote --ranks 2``,
 torchrun) while the other ranks serve the pages. Cases (``kind`` in each config):
   ``paged``  remote->dram (fetch) and dram->remote (put) of scattered pages (random
              ids on the peer, contiguous rows here), per format, layout and batching:
-             ``per_page`` (one message a page) or ``coalesced`` (gathered or scattered
-             on the peer through one staging buffer, messages of ``remote.chunk_bytes``);
+             ``per_page`` (one message a page, each completed before the next),
+             ``grouped`` (the same messages posted as one batch_isend_irecv group) or
+             ``coalesced`` (gathered or scattered on the peer through one staging
+             buffer, in messages of the size the ceiling found fastest: chunk_bytes);
   ``sweep``  remote->dram from 16 to 1024 tokens per page (first format, layer layout);
   remote->hbm and hbm->remote skip: they need CUDA and NCCL, not built yet.
 A sample: the request, its page list and every data message (and for a put the peer's
-acknowledgement that it stored them); the ceiling sample does the same with one
-contiguous message. Bytes counted: payload bytes moved once. GB = 1e9 B. Over loopback
+acknowledgement that it stored them); the ceiling sample does the same with the bytes
+contiguous, in one message or a stream of messages of one size. Bytes counted: payload bytes moved once. GB = 1e9 B. Over loopback
 (every rank on one host) the figures measure the gloo/TCP stack and memory copies, not
 a NIC; the case says which link it measured."""
 
@@ -33,17 +35,40 @@ GPU_DIRECTIONS = ("remote->hbm", "hbm->remote")
 SWEEP_TOKENS = (16, 32, 64, 128, 256, 512, 1024)
 SWEEP_TOKENS_QUICK = (16, 64, 256, 1024)
 #: message sizes the contiguous ceiling tries besides one message
-CEILING_MESSAGES = (1 * MiB, 2 * MiB, 4 * MiB)
+CEILING_MESSAGES = (1 * MiB, 2 * MiB, 4 * MiB, 8 * MiB)
 
 
 def sample_bytes(ctx: RunContext) -> int:
     return ctx.opt_size("remote.bytes", (64 if ctx.quick else 256) * MiB, ctx.host_memory_bytes(), "host memory")
 
 
-def chunk_bytes(ctx: RunContext) -> int:
+def chunk_bytes(ctx: RunContext, ceiling_message: int = 0) -> tuple[int, str]:
+    """A coalesced transfer's largest message and why: ``--set remote.chunk_bytes``;
+    else the message size the contiguous ceiling found fastest (the same messages as
+    the transfer it is held to); else CHUNK_BYTES (one message was fastest: chunks keep
+    the peer's gather overlapped with the sends)."""
     from kvbench.tiers.remote import CHUNK_BYTES
 
-    return ctx.opt_size("remote.chunk_bytes", CHUNK_BYTES)
+    if "remote.chunk_bytes" in ctx.options:
+        return ctx.opt_size("remote.chunk_bytes", CHUNK_BYTES), "--set remote.chunk_bytes"
+    if ceiling_message:
+        return ceiling_message, "the message size the contiguous ceiling found fastest"
+    return CHUNK_BYTES, f"default ({CHUNK_BYTES // MiB} MiB; the ceiling was one message)"
+
+
+def transport(options: dict[str, str]) -> str:
+    """``--set remote.transport`` (default torch), checked before anything runs."""
+    from kvbench.errors import KvbenchError
+    from kvbench.tiers.remote import TRANSPORTS
+
+    name = options.get("remote.transport", "torch")
+    if name not in TRANSPORTS:
+        raise KvbenchError(f"--set remote.transport={name}: unknown; known: {', '.join(TRANSPORTS)}")
+    return name
+
+
+def check(options: dict[str, str]) -> None:
+    transport(options)
 
 
 def budget_s(ctx: RunContext) -> float:
@@ -61,7 +86,7 @@ def _link(ctx: RunContext) -> dict[str, Any]:
 def _tier(ctx: RunContext, batching: str) -> Any:
     from kvbench.tiers.remote import RemoteTier
 
-    tier = RemoteTier(_peer(ctx), batching, chunk_bytes(ctx))
+    tier = RemoteTier(_peer(ctx), batching, chunk_bytes(ctx)[0], transport(ctx.options))
     ok, why = tier.available()
     if not ok:
         raise Skip(f"tier remote unavailable: {why}")
@@ -69,21 +94,23 @@ def _tier(ctx: RunContext, batching: str) -> Any:
 
 
 def _arms(ctx: RunContext, fetch: bool, pool: Any, ids: list[int], local: Any,
-          batching: str) -> tuple[dict[str, Any], str, str]:
+          batching: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The paged arm, its ceiling and (when that is not one message) the one-message
-    contiguous transfer, with a note saying which ceiling was chosen. The ceiling: the
+    contiguous transfer; and the ceiling chosen (``label``, ``note``) with the chunk
+    a coalesced transfer uses (``chunk``, ``chunk_from``: chunk_bytes). The ceiling: the
     same bytes contiguous between the same ranks, the fastest of one message and
     CEILING_MESSAGES-sized messages in two untimed looks each (over gloo, a stream of
-    1 MiB messages moves contiguous bytes faster than one large message)."""
+    1-8 MiB messages moves contiguous bytes faster than one large message)."""
     from kvbench.measure.paired import best_of, host_arm
 
-    buf, stride, width, chunk = pool.buffer, pool.stride, pool.page_bytes, chunk_bytes(ctx)
+    buf, stride, width = pool.buffer, pool.stride, pool.page_bytes
     nbytes, flat = len(ids) * width, local.view(-1)
     contiguous = buf.read_into if fetch else buf.write_from
-    sizes = sorted({m for m in CEILING_MESSAGES if m < nbytes})
+    sizes = {f"{m // MiB} MiB messages": m for m in CEILING_MESSAGES if m < nbytes}
     cands = {"one message": host_arm(lambda: contiguous(0, flat), nbytes)}
-    cands.update({f"{m // MiB} MiB messages": host_arm(lambda m=m: contiguous(0, flat, m), nbytes) for m in sizes})
+    cands.update({k: host_arm(lambda m=m: contiguous(0, flat, m), nbytes) for k, m in sizes.items()})
     best = best_of(cands)
+    chunk, chunk_from = chunk_bytes(ctx, sizes.get(best, 0))
     move = buf.fetch_rows if fetch else buf.put_rows
     arms = {"paged": host_arm(lambda: move(ids, stride, width, local, batching, chunk), nbytes),
             "ceiling": cands[best]}
@@ -91,13 +118,13 @@ def _arms(ctx: RunContext, fetch: bool, pool: Any, ids: list[int], local: Any,
         arms["one_message"] = cands["one message"]
     note = (f"ceiling: the same {nbytes:,} B contiguous between the same ranks, the fastest of "
             f"{', '.join(cands)} in two untimed looks each: {best}; sampled alternately with the paged path")
-    return arms, best, note
+    return arms, {"label": best, "note": note, "chunk": chunk, "chunk_from": chunk_from}
 
 
-def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> tuple[Any, int, str, str]:
+def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> tuple[Any, int, dict[str, Any]]:
     """Fill a remote pool of 2n pages, sample the paged path and its ceiling alternately,
     then check the pages bit-exact (untimed). Returns (the Interleaved result, n, the
-    ceiling chosen, its note)."""
+    ceiling chosen: _arms)."""
     import torch
 
     from kvbench.measure.paired import interleave, min_pairs_for
@@ -117,7 +144,7 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
             pool.write_pages(range(2 * n), data, method="coalesced")
         else:
             local.copy_(data)
-        arms, best, note = _arms(ctx, fetch, pool, ids, local, batching)
+        arms, ceiling = _arms(ctx, fetch, pool, ids, local, batching)
         ratios = {"pct_of_ceiling": ("paged", "ceiling")}
         if "one_message" in arms:
             ratios["pct_of_one_message"] = ("paged", "one_message")
@@ -125,16 +152,16 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
                          warmup=ctx.warmup)
         res.release()
         if fetch:
-            pool.buffer.fetch_rows(ids, pool.stride, spec.page_bytes, local, batching, chunk_bytes(ctx))
+            pool.buffer.fetch_rows(ids, pool.stride, spec.page_bytes, local, batching, ceiling["chunk"])
             ok = torch.equal(local, data[ids])
         else:  # the ceiling wrote over the pool's first rows: put the pages once more
-            pool.buffer.put_rows(ids, pool.stride, spec.page_bytes, local, batching, chunk_bytes(ctx))
+            pool.buffer.put_rows(ids, pool.stride, spec.page_bytes, local, batching, ceiling["chunk"])
             ok = torch.equal(pool.read_pages(ids, method="coalesced"), data)
         if not ok:
             raise AssertionError(f"pages differ after {direction} ({batching})")
     finally:
         pool.close()
-    return res, n, best, note
+    return res, n, ceiling
 
 
 def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: int, batching: str,
@@ -143,18 +170,19 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
     from kvbench.tiers.remote import messages
 
     spec = PageSpec(ctx.model, get_format(fmt), tokens, layout)
-    res, n, ceiling, ceiling_note = _sample(ctx, direction, spec, batching)
+    res, n, ceiling = _sample(ctx, direction, spec, batching)
     link = _link(ctx)
-    msgs = messages(batching, n, spec.page_bytes, chunk_bytes(ctx))
+    msgs = messages(batching, n, spec.page_bytes, ceiling["chunk"])
     src, _, dst = direction.partition("->")
     cfg = {"kind": kind, "direction": direction, "src": src, "dst": dst, "batching": batching, "pages": n,
-           "bytes": n * spec.page_bytes, "messages": msgs, "chunk_bytes": chunk_bytes(ctx), "peer": _peer(ctx),
-           "ceiling": f"contiguous, {ceiling}",
+           "bytes": n * spec.page_bytes, "messages": msgs, "peer": _peer(ctx),
+           "ceiling": f"contiguous, {ceiling['label']}", "transport": transport(ctx.options),
+           **({"chunk_bytes": ceiling["chunk"], "chunk_from": ceiling["chunk_from"]} if batching == "coalesced" else {}),
            "backend": link.get("backend"), "link": link.get("link"), "loopback": link.get("loopback"),
            "model": ctx.model.name, **spec.describe()}
     secs, ceil = res.arms["paged"].seconds, res.arms["ceiling"].seconds
     extra = [(a - b) / n * 1e6 for a, b in zip(secs, ceil)]
-    notes = [ceiling_note, f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
+    notes = [ceiling["note"], f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
              + (" and the peer's acknowledgement" if dst == "remote" else "")]
     if link.get("loopback"):
         notes.append("loopback: every rank on one host; this measures the gloo/TCP stack and memory copies, not a NIC")
@@ -210,7 +238,7 @@ def _gpu_skips(ctx: RunContext) -> list[Case]:
 def plan(ctx: RunContext) -> list[Case]:
     from kvbench.tiers.remote import BATCHING
 
-    sample_bytes(ctx), chunk_bytes(ctx), budget_s(ctx), _peer(ctx)  # a bad --set fails before anything runs
+    sample_bytes(ctx), chunk_bytes(ctx), budget_s(ctx), _peer(ctx), transport(ctx.options)  # a bad --set fails here
     t, cases = ctx.tokens_per_page, []
     for d in DIRECTIONS:
         for f in ctx.formats:
@@ -231,7 +259,7 @@ def plan(ctx: RunContext) -> list[Case]:
 def available(ctx: RunContext) -> tuple[bool, str]:
     from kvbench.tiers.remote import RemoteTier
 
-    return RemoteTier(_peer(ctx)).available()
+    return RemoteTier(_peer(ctx), transport=transport(ctx.options)).available()
 
 
 def highlights(doc: dict[str, Any]) -> Highlights | None:
@@ -264,9 +292,13 @@ BENCH = Benchmark(
              "pct_of_nic", "nic_gbps"),
     highlights=highlights,
     distributed=True,
+    check=check,
     options={
         "remote.bytes": "payload bytes per timed sample (default 64MiB quick, 256MiB full)",
-        "remote.chunk_bytes": "largest message of a coalesced transfer (default 4MiB)",
+        "remote.chunk_bytes": "largest message of a coalesced transfer (default: the message size the "
+                              "contiguous ceiling found fastest, else 4MiB)",
+        "remote.transport": "torch (default: torch.distributed point to point), nixl or mooncake (skipped "
+                            "with the reason unless that Python package is importable)",
         "remote.budget_s": "seconds a case samples its paired figures for before it stops short of +-5% "
                            "(default 4 quick, 15 full)",
         "remote.peer": "the rank that holds the pages (default 1)",

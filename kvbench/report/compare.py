@@ -23,7 +23,8 @@ from kvbench.errors import KvbenchError
 from kvbench.stats import median_ci
 from kvbench.plotkit import log_axis, new_figure, png_bytes
 from kvbench.report.cases import headline_metric, select_benches, unit_of
-from kvbench.report.machine import commit_text, disk_text, gpu_text, gpus_of, host_text, pcie_text, run_label, software_text
+from kvbench.report.machine import (commit_text, disk_text, gpu_text, gpus_of, host_text, link_kind, pcie_text,
+                                    ranks_text, run_label, software_text)
 from kvbench.report.numbers import UNITS_LINE, fmt_num, fmt_ratio, geomean, higher_is_better, is_num
 from kvbench.report.page import Page, Table, check_outputs, make_console, render_console, write_outputs
 from kvbench.results import load
@@ -121,6 +122,8 @@ def comparability_warnings(docs: list[dict[str, Any]], tags: list[str],
              " (sizes and samples differ)")
         diff("mode", ra.get("mode"), rb.get("mode"), " (a cpu-fallback run measures host reference code)")
         diff("timer", (a.get("method") or {}).get("timer"), (d.get("method") or {}).get("timer"))
+        diff("ranks and link", link_kind(a["environment"]), link_kind(d["environment"]),
+             " (over loopback remote figures measure the software path, not a NIC)")
         ga, gb = a["environment"].get("git") or {}, d["environment"].get("git") or {}
         diff("commit", (ga.get("commit") or "")[:12] or None, (gb.get("commit") or "")[:12] or None,
              " (benchmark code may differ)")
@@ -154,6 +157,8 @@ def hardware_table(docs: list[dict[str, Any]], tags: list[str], paths: list[str]
     row("host", env(host_text))
     row("disk (nvme tier)", env(disk_text))
     row("software", env(software_text))
+    if any(isinstance((d.get("environment") or {}).get("distributed"), dict) for d in docs):
+        row("ranks, link", env(ranks_text))
     row("kvbench, commit", lambda d: f"{d['run'].get('kvbench_version')}, {env(commit_text)(d)}")
     row("mode", lambda d: f"{d['run'].get('mode')}, {'quick' if d['run'].get('quick') else 'full'}")
     row("model, formats, tokens/page", lambda d: (
@@ -469,13 +474,19 @@ def _bar_errors(values: list[float | None], cis: list[tuple[float, float] | None
 
 def compare(paths: list[str], *, plot_dir: str | None = None, html_path: str | None = None,
             benches: list[str] | None = None, console: Any = None) -> Page:
-    """Load result files, print them side by side, write plots / HTML if asked."""
-    if len(paths) < 2:
-        raise KvbenchError("compare needs at least two result files")
+    """Load result files, print them side by side, write plots / HTML if asked. One
+    fleet result alone (kvbench run --fleet) puts its ranks side by side."""
+    from kvbench.report.fleet import expand, is_fleet, spread_table
+
     check_outputs(plot_dir, html_path)
-    docs = [load(p) for p in paths]
-    page = build_compare(docs, [str(p) for p in paths], benches,
-                         plots=plot_dir is not None or html_path is not None)
+    loaded = [load(p) for p in paths]
+    docs, names = expand(loaded, [str(p) for p in paths])
+    if len(docs) < 2:
+        raise KvbenchError("compare needs at least two result files, or one fleet result of two ranks or more")
+    page = build_compare(docs, names, benches, plots=plot_dir is not None or html_path is not None)
+    for d in (d for d in loaded if is_fleet(d)):
+        page.heading("Fleet spread")
+        page.table(spread_table(d))
     console = console or make_console()
     render_console(page, console)
     write_outputs(page, plot_dir, html_path, console)

@@ -109,6 +109,23 @@ def software_text(env: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def ranks_text(env: dict[str, Any]) -> str:
+    """A multi-rank run's group: '2 ranks (gloo), loopback: ...' or 'one process'."""
+    d = env.get("distributed")
+    if not isinstance(d, dict):
+        return "one process"
+    return f"{d.get('world_size')} ranks ({d.get('backend')}), {d.get('link')}"
+
+
+def link_kind(env: dict[str, Any]) -> str | None:
+    """What decides whether two runs' remote figures compare: ranks and loopback or hosts."""
+    d = env.get("distributed")
+    if not isinstance(d, dict):
+        return None
+    where = "loopback" if d.get("loopback") else f"{len(d.get('hosts') or [])} hosts"
+    return f"{d.get('world_size')} ranks, {where}"
+
+
 def commit_text(env: dict[str, Any]) -> str:
     git = env.get("git") or {}
     if not git.get("commit"):

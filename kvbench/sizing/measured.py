@@ -16,6 +16,8 @@ Replaced (docs/sizing.md, "Measured mode"):
   * Reuse cache: time to load a reused prefix from DRAM and from NVMe (``prefix`` cases'
     ``load_s``, else ``transfer`` tier bandwidths) vs recompute at the measured prefill
     rate -> which tier serves a hit within the TTFT target -> the cheapest such split.
+  * Pooled DRAM (a row beside the split): a hit fetched from another host's memory at the
+    ``remote`` results' remote->dram GB/s (kvbench/sizing/measured_remote.py), then dram->hbm.
   * Cost per tier where prices are given.
 """
 
@@ -36,6 +38,7 @@ from kvbench.sizing.measured_common import ok_cases as _ok_cases
 from kvbench.sizing.measured_common import params_active as _params_active
 from kvbench.sizing.measured_common import same as _same
 from kvbench.sizing.measured_decode import capacity
+from kvbench.sizing.measured_remote import remote_bandwidths, remote_notes
 from kvbench.sizing.model import Sizing, compute, hot_window_fit_tokens
 from kvbench.sizing.numbers import GB, gib, num, seconds, tib
 from kvbench.sizing.scenario import TIER_SHORT, Scenario
@@ -48,7 +51,8 @@ __all__ = ["CapacityRow", "Measured", "Missing", "Replacement", "ReuseRow", "mea
 def tier_bandwidths(docs: list[Doc]) -> dict[str, tuple[float, str]]:
     """Best paged ``transfer`` GB/s per direction ("dram->hbm": (gbps, source)); where a
     direction's cases record a page-cache state (file reads), cold ones are preferred
-    when any exist."""
+    when any exist. The remote tier's directions (``remote->dram``) come from ``remote``
+    results (kvbench/sizing/measured_remote.py)."""
     by_dir: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
     for path, c in _ok_cases(docs, "transfer"):
         cfg = c.get("config", {})
@@ -66,13 +70,14 @@ def tier_bandwidths(docs: list[Doc]) -> dict[str, tuple[float, str]]:
         gbps, ref, cfg = max(rows, key=lambda r: r[0])
         state = f", {cfg['cache_state']} cache" if cfg.get("cache_state") else ""
         out[direction] = (gbps, f"{ref} (best paged{state})")
+    out.update(remote_bandwidths(docs))
     return out
 
 
 # ------------------------------------------------------------------------ pieces
 def _kv_bytes_per_token(scn: Scenario, docs: list[Doc], m: Measured) -> float | None:
     model, fmt = scn.model, scn.kv_format
-    spec_bpt = model.kv_bytes_per_token(fmt)
+    spec_bpt = model.kv_bytes_per_token_at(scn.demand.tokens_per_request, fmt)
     found: list[tuple[int, float, str, str]] = []  # (rank, bpt for the scenario model, ref, note)
     for path, c in _ok_cases(docs, "transfer"):
         cfg = c.get("config", {})
@@ -201,10 +206,19 @@ def _reuse(sz: Sizing, docs: list[Doc], bw: dict[str, tuple[float, str]], m: Mea
                  lambda: from_transfer("nvme->dram", "dram->hbm"),
                  lambda: from_transfer("nvme->dram", lower_bound="dram->hbm not measured: a lower "
                                                                   "bound on the time")],
+        # pooled DRAM on other hosts (the remote tier): a row beside the split, which the
+        # scenario holds in local DRAM and NVMe; shown only when a remote result is given
+        "remote": [lambda: from_transfer("remote->dram", "dram->hbm"),
+                   lambda: from_transfer("remote->dram", lower_bound="dram->hbm not measured: a lower "
+                                                                     "bound on the time")],
     }
     times: dict[str, float] = {}
     for tier, tries in plans.items():
         got = next((r for r in (t() for t in tries) if r is not None), None)
+        if got is None and tier == "remote":
+            continue
+        if tier == "remote":
+            m.notes.extend(remote_notes(bw))
         if got is None:
             how = ("run `kvbench run --bench prefix` (source dram), or `--bench transfer` on a GPU "
                    "machine for dram->hbm" if tier == "dram" else

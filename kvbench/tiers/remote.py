@@ -11,15 +11,21 @@ having stored the pages.
 
 Batching, how a list of pages crosses (``BATCHING``):
   ``per_page``   one message per page, straight from and into the pool's rows (no copy
-                 on either side; n messages: the per-message cost shows);
+                 on either side), each posted and completed before the next: what a loop
+                 of send/recv costs, n message latencies in a row;
+  ``grouped``    the same n per-page messages (no copy), posted together as one
+                 ``batch_isend_irecv`` group and then waited for (NCCL fuses such a group
+                 into one launch; gloo, which cannot coalesce, posts them back to back);
   ``coalesced``  the peer gathers the pages into a contiguous staging buffer (fetch) or
                  scatters them from it (put), sent in messages of at most ``chunk_bytes``
-                 (one message when the list fits; with several, the gather of one chunk
-                 overlaps the send of the one before); a page as large as a chunk goes
-                 straight from or into its row, as per_page (nothing to coalesce).
+                 (one message when the list fits; with several, the peer gathers the
+                 next chunks while one is sent); a page as large as a chunk goes
+                 straight from or into its row, as grouped (nothing to coalesce).
 Contiguous ``read_into`` / ``write_from`` of a byte range (one message, or consecutive
 messages of a size) are the same-run ceiling.
-Every wait is bounded by the group's timeout; a failed wait marks the group failed."""
+Every wait is bounded by the group's timeout; a failed wait marks the group failed.
+Transports (``TRANSPORTS``): torch.distributed is the one built; NIXL and Mooncake are
+named so that a run asking for them skips with the reason (``transport_status``)."""
 
 from __future__ import annotations
 
@@ -30,10 +36,18 @@ from kvbench.errors import KvbenchError, TierUnavailable
 from kvbench.tiers.base import Tier, TierBuffer
 from kvbench.units import MiB
 
-BATCHING = ("per_page", "coalesced")
-#: the largest message of a coalesced transfer: 4 MiB, where gloo over loopback TCP is
-#: already at its contiguous rate, small enough to overlap the gather with the send
+BATCHING = ("per_page", "grouped", "coalesced")
+#: the largest message of a coalesced transfer unless one is chosen (the remote benchmark
+#: uses the message size its contiguous ceiling found fastest, 1-8 MiB over gloo): small
+#: enough that gathering the next chunks overlaps the sends
 CHUNK_BYTES = 4 * MiB
+#: transports the remote tier can name (``--set remote.transport``): torch.distributed,
+#: built in; NIXL (pip: nixl) and Mooncake (pip: mooncake-transfer-engine) when their
+#: Python packages are importable, each known by the module that is its transfer API
+#: (the PyPI name ``mooncake`` alone is an unrelated package)
+TRANSPORTS = {"torch": ("torch.distributed", "torch.distributed point to point"),
+              "nixl": ("nixl._api", "NIXL (pip install nixl)"),
+              "mooncake": ("mooncake.engine", "Mooncake's transfer engine (pip install mooncake-transfer-engine)")}
 HEADER_LEN = 6
 #: bytes of an error text sent back by the peer
 MESSAGE_LEN = 240
@@ -85,9 +99,9 @@ def message_parts(flat: Any, message_bytes: int) -> list[Any]:
 
 
 def pages_per_message(batching: str, n: int, width: int, chunk_bytes: int) -> int:
-    """Pages one data message carries: 1 per page; coalesced as many as fit in
-    ``chunk_bytes`` (at least one, at most the whole list)."""
-    if batching == "per_page":
+    """Pages one data message carries: 1 per page and grouped; coalesced as many as fit
+    in ``chunk_bytes`` (at least one, at most the whole list)."""
+    if batching != "coalesced":
         return 1
     return max(1, min(n, chunk_bytes // max(1, width)))
 
@@ -96,6 +110,37 @@ def messages(batching: str, n: int, width: int, chunk_bytes: int = CHUNK_BYTES) 
     """Data messages moving ``n`` pages of ``width`` bytes."""
     per = pages_per_message(batching, n, width, chunk_bytes)
     return -(-n // per)
+
+
+def wire_mode(batching: str, per: int) -> int:
+    """What a page request tells the peer (its last header field): ``per`` >= 2 pages per
+    message through its staging buffer (coalesced); 1: straight from or into the rows,
+    the messages posted as one group (grouped; coalesced pages as large as a chunk); 0:
+    straight from or into the rows, one message at a time (per_page)."""
+    if batching == "per_page":
+        return 0
+    return per if batching == "coalesced" else 1
+
+
+def transport_status(name: str) -> tuple[bool, str]:
+    """Whether transport ``name`` (TRANSPORTS) can move pages here, and why not. Only
+    torch.distributed is built: NIXL and Mooncake say whether their package is
+    importable (a module lookup, no transfer engine started) and, where it is, that
+    kvbench's transport over it is not built yet."""
+    import importlib.util
+
+    if name == "torch":
+        return True, TRANSPORTS[name][1]
+    module, what = TRANSPORTS[name]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except Exception as exc:  # noqa: BLE001 - a submodule's lookup imports its package, which may fail
+        return False, f"remote.transport={name}: {module} cannot be imported: {distributed.short_error(exc)}"
+    if not found:
+        return False, (f"remote.transport={name}: the Python module {module} of {what} is not importable here; "
+                       "the same cases and ceilings would run over it")
+    return False, (f"remote.transport={name}: {module} is importable, but kvbench's {name} transport is not "
+                   "built yet (torch.distributed is the one built); the same cases and ceilings would apply")
 
 
 class RemoteBuffer(TierBuffer):
@@ -154,9 +199,21 @@ class RemoteBuffer(TierBuffer):
             raise KvbenchError(f"page {bad[0] if bad else '?'} of {width} B is outside a remote pool of "
                                f"{rows} rows of {stride} B")
         per = pages_per_message(batching, len(ids), width, chunk_bytes)
-        self._request(op, len(ids), stride, width, per if batching == "coalesced" else 0)
+        self._request(op, len(ids), stride, width, wire_mode(batching, per))
         wait_all(lambda: [dist.isend(torch.tensor(list(ids), dtype=torch.int64), self.peer)], self.peer, OP_NAMES[op])
         return per
+
+    def _page_messages(self, op: Any, rows: Any, per: int, batching: str, what: str) -> None:
+        """``rows`` (the local side, ``[n, width]``) in messages of ``per`` pages: one at a
+        time (per_page) or posted as one group (grouped, coalesced)."""
+        _, dist = _torch()
+        parts = [rows[lo: lo + per] for lo in range(0, rows.shape[0], per)]
+        if batching == "per_page":
+            for part in parts:
+                wait_all(lambda part=part: [op(part, self.peer)], self.peer, what)
+            return
+        ops = [dist.P2POp(op, part, self.peer) for part in parts]
+        wait_all(lambda: dist.batch_isend_irecv(ops), self.peer, what)
 
     def fetch_rows(self, ids: Sequence[int], stride: int, width: int, out: Any,
                    batching: str = "coalesced", chunk_bytes: int = CHUNK_BYTES) -> None:
@@ -166,8 +223,7 @@ class RemoteBuffer(TierBuffer):
         if not ids:
             return
         per = self._page_request(OP_GATHER, ids, stride, width, batching, chunk_bytes)
-        ops = [dist.P2POp(dist.irecv, out[lo: lo + per], self.peer) for lo in range(0, len(ids), per)]
-        wait_all(lambda: dist.batch_isend_irecv(ops), self.peer, OP_NAMES[OP_GATHER])
+        self._page_messages(dist.irecv, out[: len(ids)], per, batching, OP_NAMES[OP_GATHER])
 
     def put_rows(self, ids: Sequence[int], stride: int, width: int, data: Any,
                  batching: str = "coalesced", chunk_bytes: int = CHUNK_BYTES) -> None:
@@ -177,8 +233,7 @@ class RemoteBuffer(TierBuffer):
         if not ids:
             return
         per = self._page_request(OP_SCATTER, ids, stride, width, batching, chunk_bytes)
-        ops = [dist.P2POp(dist.isend, data[lo: lo + per], self.peer) for lo in range(0, len(ids), per)]
-        wait_all(lambda: dist.batch_isend_irecv(ops), self.peer, OP_NAMES[OP_SCATTER])
+        self._page_messages(dist.isend, data[: len(ids)], per, batching, OP_NAMES[OP_SCATTER])
         self._ack(OP_NAMES[OP_SCATTER])
 
     def read_pages(self, ids: Sequence[int], stride: int, width: int, method: str = "") -> Any:
@@ -212,10 +267,13 @@ class RemoteTier(Tier):
     host_memory = True  # the peer's: it holds the pages in its host memory
     remote = True
 
-    def __init__(self, peer: int = 1, batching: str = "coalesced", chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(self, peer: int = 1, batching: str = "coalesced", chunk_bytes: int = CHUNK_BYTES,
+                 transport: str = "torch") -> None:
         if batching not in BATCHING:
             raise KvbenchError(f"unknown batching {batching!r}; known: {', '.join(BATCHING)}")
-        self.peer, self.batching, self.chunk_bytes = peer, batching, chunk_bytes
+        if transport not in TRANSPORTS:
+            raise KvbenchError(f"unknown transport {transport!r}; known: {', '.join(TRANSPORTS)}")
+        self.peer, self.batching, self.chunk_bytes, self.transport = peer, batching, chunk_bytes, transport
 
     def batching_for(self, method: str) -> str:
         return method if method in BATCHING else self.batching
@@ -225,6 +283,9 @@ class RemoteTier(Tier):
         return f"remote (host memory of rank {self.peer}, {distributed.BACKEND})"
 
     def available(self) -> tuple[bool, str]:
+        ok, why = transport_status(self.transport)
+        if not ok:
+            return False, why
         ok, why = distributed.group_status()
         if not ok:
             return False, why

@@ -5,11 +5,13 @@ Buffers are pageable host memory (kvbench.tiers.dram.aligned_host_empty); an
 allocation the host cannot hold beside its margin is refused with the reason, sent
 back to the client. A coalesced request gathers (fetch) or scatters (put) the pages
 through one staging buffer, reused across requests and grown when a request needs
-more; one helper thread gathers the next chunk while this one's bytes are written (gloo
-writes in the calling thread), or scatters a chunk while the next one arrives."""
+more; one helper thread gathers the chunks, running ahead of the sends (gloo writes an
+isend's bytes in the calling thread), or scatters a chunk while the next one arrives."""
 
 from __future__ import annotations
 
+import threading
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -123,35 +125,60 @@ class PageServer:
         rows = buf[: (buf.numel() // stride) * stride].view(-1, stride)[:, :width]
         return rows, ids
 
+    def _direct(self, op: Any, rows: Any, ids: Any, grouped: bool, what: str) -> None:
+        """Every page straight from or into its row: one message at a time (per_page,
+        ``grouped`` False) or posted as one batch_isend_irecv group."""
+        dist = self.dist
+        if not grouped:
+            for i in ids.tolist():
+                wait_all(lambda i=i: [op(rows[i], self.client)], self.client, what)
+            return
+        ops = [dist.P2POp(op, rows[i], self.client) for i in ids.tolist()]
+        wait_all(lambda: dist.batch_isend_irecv(ops), self.client, what)
+
     def _gather(self, buffer_id: int, n: int, stride: int, width: int, per: int) -> None:
         rows, ids = self._rows(buffer_id, n, stride, width)
         dist, what = self.dist, OP_NAMES[OP_GATHER]
-        if per <= 1:  # per_page (or pages as large as a chunk): every page straight from its row
-            ops = [dist.P2POp(dist.isend, rows[i], self.client) for i in ids.tolist()]
-            wait_all(lambda: dist.batch_isend_irecv(ops), self.client, what)
+        if per <= 1:  # per_page, grouped (or pages as large as a chunk): no copy (wire_mode)
+            self._direct(dist.isend, rows, ids, per == 1, what)
             return
         stage = self._stage(n * width).view(n, width)
-        gather = lambda lo: self.torch.index_select(rows, 0, ids[lo: lo + per], out=stage[lo: lo + per])  # noqa: E731
+        starts = list(range(0, n, per))
+        ready = [threading.Event() for _ in starts]
+
+        def gather_all() -> None:
+            # the helper gathers every chunk in turn, as far ahead of the sends as it gets:
+            # gathering fills whatever CPU time the socket copies leave (gloo writes an
+            # isend's bytes in the calling thread; index_select releases the GIL). With a
+            # lookahead of one chunk it idled while a send was written: 5-8 points of
+            # the ceiling on 2 cores (README, Beyond one machine)
+            try:
+                for k, lo in enumerate(starts):
+                    self.torch.index_select(rows, 0, ids[lo: lo + per], out=stage[lo: lo + per])
+                    ready[k].set()
+            finally:
+                for e in ready:  # a failed gather wakes the sender, which raises its error
+                    e.set()
+        job = self.helper.submit(gather_all)
 
         def post() -> list[Any]:
-            # gloo writes an isend's bytes in the calling thread: the next chunk is
-            # gathered in the helper thread meanwhile (index_select releases the GIL)
-            works, starts = [], list(range(0, n, per))
-            ahead = self.helper.submit(gather, starts[0])
+            works = []
             for k, lo in enumerate(starts):
-                ahead.result()
-                if k + 1 < len(starts):
-                    ahead = self.helper.submit(gather, starts[k + 1])
+                ready[k].wait()
+                if job.done():
+                    job.result()
                 works.append(dist.isend(stage[lo: lo + per], self.client))
             return works
-        wait_all(post, self.client, what)
+        try:
+            wait_all(post, self.client, what)
+        finally:
+            futures.wait([job])  # never leave the helper writing the staging buffer
 
     def _scatter(self, buffer_id: int, n: int, stride: int, width: int, per: int) -> None:
         rows, ids = self._rows(buffer_id, n, stride, width)
         dist, what = self.dist, OP_NAMES[OP_SCATTER]
-        if per <= 1:  # per_page (or pages as large as a chunk): every page straight into its row
-            ops = [dist.P2POp(dist.irecv, rows[i], self.client) for i in ids.tolist()]
-            wait_all(lambda: dist.batch_isend_irecv(ops), self.client, what)
+        if per <= 1:  # per_page, grouped (or pages as large as a chunk): no copy (wire_mode)
+            self._direct(dist.irecv, rows, ids, per == 1, what)
         else:
             stage = self._stage(n * width).view(n, width)
             chunks: list[tuple[int, Any]] = []

@@ -49,3 +49,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "benchmark" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def isolated_cli(tmp_path):
+    """``run(args, timeout=240, **env)``: ``python -m kvbench ARGS`` in a fresh work folder
+    (``run.work``) with its own TMPDIR (``run.tmp``) and this checkout on PYTHONPATH, no KVBENCH_NVME_DIR;
+    extra environment variables as keywords."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir(), tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env.pop("KVBENCH_NVME_DIR", None)
+
+    def run(args, timeout=240, **extra):
+        return subprocess.run([sys.executable, "-m", "kvbench", *args], cwd=work, env={**env, **extra},
+                              capture_output=True, text=True, timeout=timeout)
+
+    run.work, run.tmp = work, tmp
+    return run

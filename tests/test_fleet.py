@@ -6,16 +6,11 @@ cases under rank<r>/, their environments, the spread of each headline figure), w
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from kvbench.results import SCHEMA, make_case
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _doc(rank: int, gbps: float) -> dict:
@@ -58,18 +53,10 @@ def test_fleet_doc_holds_every_rank_and_the_spread():
     assert fleet_wait_s(60, 10) == 120 and fleet_wait_s(60, 100) == 260
 
 
-def _kvbench(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kvbench", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=240)
-
-
-def test_a_two_rank_fleet_run_and_its_compare(tmp_path):
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    work.mkdir(), tmp.mkdir()
-    env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(ROOT))
-    env.pop("KVBENCH_NVME_DIR", None)
-    p = _kvbench(["run", "--ranks", "2", "--fleet", "--bench", "roundtrip", "--quick", "--format", "fp16",
-                  "--layout", "layer", "--no-progress", "--set", "roundtrip.pages=8", "-o", "f.json"], work, env)
+def test_a_two_rank_fleet_run_and_its_compare(isolated_cli):
+    work = isolated_cli.work
+    p = isolated_cli(["run", "--ranks", "2", "--fleet", "--bench", "roundtrip", "--quick", "--format", "fp16",
+                      "--layout", "layer", "--no-progress", "--set", "roundtrip.pages=8", "-o", "f.json"])
     assert p.returncode == 0, p.stderr
     assert "rank 0: " in p.stdout and "rank 1: " in p.stdout and "result: f.json" in p.stdout
     doc = json.loads((work / "f.json").read_text())
@@ -81,10 +68,10 @@ def test_a_two_rank_fleet_run_and_its_compare(tmp_path):
     assert len(pids) == 2 and [r["status"] for r in doc["fleet"]["ranks"]] == ["ok", "ok"]
     assert any(row["name"] == "dram<->nvme/layer" and set(row["values"]) == {"0", "1"}
                for row in doc["fleet"]["spread"])
-    c = _kvbench(["compare", "f.json"], work, env)
+    c = isolated_cli(["compare", "f.json"])
     assert c.returncode == 0, c.stderr
     assert "f.json#rank0" in c.stdout and "f.json#rank1" in c.stdout and "Fleet spread" in c.stdout
-    assert sorted(x.name for x in work.iterdir()) == ["f.json"] and list(tmp.iterdir()) == []
+    assert sorted(x.name for x in work.iterdir()) == ["f.json"] and list(isolated_cli.tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize("args,says", [

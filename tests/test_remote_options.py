@@ -6,14 +6,9 @@ importable; an unknown one is bad input, refused before any rank starts), and
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--quick", "--format", "fp16", "--layout", "layer", "--no-progress", "--set", "remote.bytes=2MiB",
         "--set", "remote.budget_s=0.2", "--cases", "^remote->dram/"]
 
@@ -62,23 +57,15 @@ def test_an_unknown_transport_is_refused_before_the_ranks_start(capsys):
     assert err.count("\n") == 1 and "--set remote.transport=ucx: unknown; known: torch, nixl, mooncake" in err
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kvbench", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=180)
-
-
-def test_compare_reads_two_remote_results(tmp_path):
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    work.mkdir(), tmp.mkdir()
-    env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(ROOT), COLUMNS="200")
-    env.pop("KVBENCH_NVME_DIR", None)
+def test_compare_reads_two_remote_results(isolated_cli):
+    work = isolated_cli.work
     for name in ("a.json", "b.json"):
-        p = _run(["run", "--bench", "remote", "--ranks", "2", *TINY, "-q", "-o", name], work, env)
+        p = isolated_cli(["run", "--bench", "remote", "--ranks", "2", *TINY, "-q", "-o", name], COLUMNS="200")
         assert p.returncode == 0, p.stderr
-    c = _run(["compare", "a.json", "b.json"], work, env)
+    c = isolated_cli(["compare", "a.json", "b.json"], COLUMNS="200")
     assert c.returncode == 0, c.stderr
     for b in ("per_page", "grouped", "coalesced"):
         assert f"remote->dram/layer/fp16/16tok/{b}" in c.stdout
     assert "remote / paged: gbps (GB/s)" in c.stdout
     assert "ranks, link" in c.stdout and "loopback" in c.stdout
-    assert sorted(x.name for x in work.iterdir()) == ["a.json", "b.json"] and list(tmp.iterdir()) == []
+    assert sorted(x.name for x in work.iterdir()) == ["a.json", "b.json"] and list(isolated_cli.tmp.iterdir()) == []

@@ -11,8 +11,9 @@ attention layer. ``use_paged_attention(model)`` switches a loaded model for a bl
 ``kvbench_pages`` (a ``PagedCache`` in kvbench-attention mode: the layer's new tokens
 only), the layer's K/V come from its pages:
 
-* ``fused``: one decode token per row (q = 1), no padded positions, pages in CUDA
-  memory: kvbench's paged decode kernel (``kvbench.attention.decode_fused``) reads the
+* ``fused``: one decode token per row (q = 1), no padded positions, pages in the
+  query's CUDA device memory, a shape the kernel reads (power-of-two page tokens and head
+  dim >= 16), no softcap: kvbench's paged decode kernel (``kvbench.attention.decode_fused``) reads the
   pages and dequantizes inside its loads, with the module's softmax scale;
 * ``reference``: anything else (a CPU, a prompt, left padding): the layer's pages are
   gathered and dequantized by the torch reference codecs and attended with torch's SDPA
@@ -80,10 +81,20 @@ def _no_padding(mask: torch.Tensor | None) -> bool:
     return bool((mask == 0).all())
 
 
-def _fused_ready(cache: Any, query: torch.Tensor, mask: torch.Tensor | None) -> bool:
+def _pow2(n: int) -> bool:
+    return n > 0 and not n & (n - 1)
+
+
+def _fused_ready(cache: Any, query: torch.Tensor, mask: torch.Tensor | None, kwargs: dict) -> bool:
+    """Whether the fused kernel can take this call: one decode token per row, no padded
+    positions, no softcap, the pages in the query's own CUDA device memory, and a shape
+    the kernel reads (power-of-two tokens per page and head dim >= 16)."""
     pool = cache.pool
-    return (query.shape[2] == 1 and query.is_cuda and pool is not None and not pool.is_file
-            and pool.payload().is_cuda and _no_padding(mask))
+    if not (query.shape[2] == 1 and query.is_cuda and pool is not None and pool.tensor is not None):
+        return False
+    d = cache.model.head_dim
+    return (pool.payload().device == query.device and _pow2(cache.spec.tokens) and _pow2(d) and d >= 16
+            and kwargs.get("softcap") is None and _no_padding(mask))
 
 
 def _decode_fused(cache: Any, layer: int, length: int, query: torch.Tensor,
@@ -94,7 +105,7 @@ def _decode_fused(cache: Any, layer: int, length: int, query: torch.Tensor,
     b = query.shape[0]
     seq_lens = torch.full((b,), length, dtype=torch.int32, device=rows.device)
     side = None if cache.side is None else cache.side.to(rows.device)
-    q = query[:, :, 0].to(q_dtype(cache.spec.fmt))
+    q = query[:, :, 0].to(q_dtype(cache.spec.fmt)).contiguous()  # the kernel reads packed rows
     out = decode_fused(q, rows, table.to(torch.int32), seq_lens, cache.spec, layer, side,
                        sm_scale=scaling if scaling is not None else query.shape[-1] ** -0.5)
     return out.to(query.dtype).unsqueeze(1)  # [B, 1, Hq, D]
@@ -108,7 +119,7 @@ def paged_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     if ref is None:
         return _sdpa()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     cache, layer, length = ref
-    if _fused_ready(cache, query, attention_mask):
+    if _fused_ready(cache, query, attention_mask, kwargs):
         cache.attention_paths["fused"] += 1
         return _decode_fused(cache, layer, length, query, scaling), None
     cache.attention_paths["reference"] += 1

@@ -73,8 +73,9 @@ class PlacedPages:
         try:
             for level, (name, window) in enumerate(placement):
                 self.pools.append(self._pool(name, nvme_dir, self._pages(level, window, per_seq, num_pages)))
-            if len(self.pools) > 1 and self.pools[0].is_file:
-                raise KvbenchError(f"the first tier of a placement ({names[0]}) must be memory, not file-backed")
+            if len(self.pools) > 1 and self.pools[0].tensor is None:
+                raise KvbenchError(f"the first tier of a placement ({names[0]}) must be local memory, "
+                                   "not file-backed or remote")
         except BaseException:
             self.close()
             raise
@@ -120,11 +121,11 @@ class PlacedPages:
         slots = torch.tensor([p % t for p in pos] * b, dtype=torch.long)
         kk = k.transpose(1, 2).reshape(b * n, h, d)
         vv = v.transpose(1, 2).reshape(b * n, h, d)
-        if not self.main.is_file:
+        if self.main.tensor is not None:  # local memory
             dev = self.main.payload().device
             quantize_to_pages(kk.to(dev), vv.to(dev), self.main.payload(), torch.tensor(pids, device=dev),
                               slots.to(dev), self.spec, None if side is None else side.to(dev), layer=layer)
-        else:  # a file pool: read the pages touched, fill them, write them back
+        else:  # a file or remote pool: read the pages touched, fill them, write them back
             ids = sorted(set(pids))
             local = {p: i for i, p in enumerate(ids)}
             touched = self.main.read_pages(ids)
@@ -163,10 +164,10 @@ class PlacedPages:
     def view(self, layer: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(pool rows ``[N, page_bytes]`` uint8, block table ``[B, P]`` int64 into them)
         holding the first ``length`` tokens of ``layer``; the rows live on the first
-        pool's device (host memory for a file pool, read from its file)."""
+        pool's device (host memory for a file or remote pool, read through it)."""
         p = _ceil(length, self.spec.tokens)
         tables = [self.tables[layer][row][:p] for row in range(self.batch)]
-        if self.main.is_file:
+        if self.main.tensor is None:  # a file or remote pool: read through it
             rows = self.main.read_pages([i for tb in tables for i in tb])
             return rows, torch.arange(self.batch * p, dtype=torch.long).view(self.batch, p)
         rows = self.main.payload()

@@ -9,5 +9,5 @@
 ``run_report``  ``kvbench report``: one result file
 ``compare``     ``kvbench compare``: result files side by side
 
-Argument parsing lives with the CLI (kvbench/cli.py). Nothing here imports torch.
+Argument parsing lives with the CLI (kvbench/cli/report.py). Nothing here imports torch.
 """

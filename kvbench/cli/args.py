@@ -4,6 +4,7 @@ parsers, the run defaults."""
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
 
 from kvbench.errors import KvbenchError
 
@@ -30,33 +31,23 @@ def csv_values(values: list[str] | None, flag: str = "") -> list[str]:
     return out
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return v
+def _number(convert: Callable[[str], Any], kind: str, ok: Callable[[Any], bool],
+            rule: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert(text)``, refused in one line when it is not a
+    ``kind`` or ``ok(value)`` is false (``rule`` says what is wanted)."""
+    def parse(text: str) -> Any:
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{rule}: {text!r}")
+        return v
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return v
+_positive_int = _number(int, "an integer", lambda v: v > 0, "must be positive")
+_positive_float = _number(float, "a number", lambda v: 0 < v < float("inf"), "must be a positive number")
+_nonneg_int = _number(int, "an integer", lambda v: v >= 0, "must be >= 0")
 
 

@@ -7,6 +7,8 @@ A footprint is a dict of bytes a case will hold at the same time, by kind:
   ``pinned``    page-locked host memory  } both drawn from the host_memory tier (dram):
   ``pageable``  ordinary host memory     } checked together against its free bytes
   ``file``      bytes in files on the file_backed tier (nvme), under --nvme-dir
+  ``peer``      host memory of the peer rank that serves the remote tier (asked over the
+                group; unavailable without one, and the case then skips on its own)
 
 Free bytes are the tiers' own ``free_bytes()``, which already keep a safety margin
 (kvbench.tiers.dram.host_margin: 10% of host memory, at least 1 GiB;
@@ -24,11 +26,13 @@ from kvbench.errors import Skip
 from kvbench.units import GB
 
 #: the kinds a footprint may name, in the order they are checked
-FOOTPRINT_KINDS = ("device", "pinned", "pageable", "file")
-#: footprint kind -> the tier kind (kvbench.tiers.base.TIER_KINDS) it is drawn from
-TIER_KIND = {"device": "device", "pinned": "host", "pageable": "host", "file": "file"}
+FOOTPRINT_KINDS = ("device", "pinned", "pageable", "file", "peer")
+#: footprint kind -> the tier kind (kvbench.tiers.base.TIER_KINDS) it is drawn from;
+#: ``peer``: the remote tier (``Tier.remote``), whatever memory the peer keeps it in
+TIER_KIND = {"device": "device", "pinned": "host", "pageable": "host", "file": "file", "peer": "peer"}
 #: how a refusal names a tier kind
-WHAT = {"device": "device memory", "host": "host memory", "file": "disk space"}
+WHAT = {"device": "device memory", "host": "host memory", "file": "disk space",
+        "peer": "the peer rank's host memory"}
 
 
 class DoesNotFit(Skip):
@@ -62,7 +66,7 @@ def tier_free(tier_kind: str, nvme_dir: str | Path | None) -> int | None:
     from kvbench.tiers import TIERS
 
     for cls in TIERS.values():
-        if cls.kind() != tier_kind:
+        if (tier_kind == "peer") != bool(cls.remote) or (tier_kind != "peer" and cls.kind() != tier_kind):
             continue
         if cls.device_memory:
             from kvbench.tiers.hbm import cuda_status
@@ -115,9 +119,12 @@ def describe(footprint: Mapping[str, Any]) -> dict[str, int]:
 
 def on_tier(tier_name: str, nbytes: int, cuda: bool) -> dict[str, int]:
     """``nbytes`` held on tier ``tier_name`` as a footprint: the dram tier is pinned
-    with CUDA, pageable without (kvbench.tiers.dram.DramTier)."""
+    with CUDA, pageable without (kvbench.tiers.dram.DramTier); a remote tier's bytes are
+    held by its peer rank (``peer``), not here."""
     from kvbench.tiers import tier_class
 
+    if tier_class(tier_name).remote:
+        return {"peer": int(nbytes)}
     kind = tier_class(tier_name).kind()
     key = {"device": "device", "file": "file"}.get(kind) or ("pinned" if cuda else "pageable")
     return {key: int(nbytes)}

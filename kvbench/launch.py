@@ -49,12 +49,12 @@ def check_launch(ranks: int | None, benches: list[Any], fleet: bool = False, dry
     if fleet:
         _check_fleet(many, benches, dry_run)
         return
-    local = [b.key for b in benches if not b.distributed]
+    local = [b.key for b in benches if not (b.distributed or b.also_distributed)]
     if many and local:
-        keys = [b.key for b in benches if b.distributed]
+        keys = [b.key for b in benches if b.distributed or b.also_distributed]
         raise KvbenchError(f"a multi-rank run runs only the benchmarks that use the group "
                            f"({', '.join(keys) or 'none selected'}): {', '.join(local)} would leave the "
-                           "other ranks idle; select --bench remote, or add --fleet to run the local "
+                           "other ranks idle; select --bench remote (or roundtrip), or add --fleet to run the local "
                            "benchmarks on every rank")
 
 

@@ -241,9 +241,61 @@ def test_the_plan_names_directions_batching_and_gpu_skips(tmp_path):
     gpu = {c.name: c.run(ctx) for c in R.plan(ctx) if "hbm" in c.name}
     assert set(gpu) == {"remote->hbm/*", "hbm->remote/*"}
     assert all(c["status"] == "skipped" and c["reason"].startswith("needs a CUDA device") for c in gpu.values())
+    ctx.cuda = True  # with a device: every batching each way through pinned host memory, NCCL's skip
+    gpu = [c.name for c in R.plan(ctx) if "hbm" in c.name]
+    assert "remote->hbm/block/nvfp4/16tok/grouped" in gpu and "hbm->remote/layer/fp16/16tok/coalesced" in gpu
+    assert len(gpu) == 2 * (2 * 2 * 3 + 1) and {"remote->hbm/nccl", "hbm->remote/nccl"} <= set(gpu)
+    nccl = next(c for c in R.plan(ctx) if c.name == "remote->hbm/nccl").run(ctx)
+    assert nccl["status"] == "skipped" and nccl["reason"] == R.NCCL_WHY and "not built" in R.NCCL_WHY
     ctx.options["remote.bytes"] = "lots"
     with pytest.raises(KvbenchError, match="remote.bytes"):
         R.plan(ctx)
+
+
+def _hbm_end_rank(rank: int, port: int, nvme_dir: str) -> None:
+    """Rank 0 runs the remote->hbm and hbm->remote cases with a host tier standing in for
+    HBM (the composition of fetch, copy, scatter and their ceilings, checked bit-exact by
+    the case itself); rank 1 serves."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      TORCHELASTIC_USE_AGENT_STORE="True")
+    from kvbench import distributed
+    from kvbench.bench import RunContext
+    from kvbench.bench import remote as R
+    from kvbench.bench.remote import hbm
+    from kvbench.spec import load_model
+    from kvbench.tiers import DramTier
+    from kvbench.tiers.remote import stop_servers
+    from kvbench.tiers.remote_server import serve
+
+    distributed.init_group(20)
+    try:
+        if rank == 1:
+            serve(client=0)
+            return
+        try:
+            hbm.tier_or_skip = lambda name, ctx: DramTier(pinned=False)
+            ctx = RunContext(cuda=False, quick=True, model=load_model("Llama-3.1-8B"), formats=["fp16"],
+                             tokens_per_page=16, layouts=["layer"], nvme_dir=nvme_dir, warmup=0, samples=2,
+                             options={"remote.bytes": "1MiB", "remote.budget_s": "0.1"})
+            for d in ("remote->hbm", "hbm->remote"):
+                for b in ("per_page", "coalesced"):
+                    c = R.paged_case(ctx, d, "fp16", "layer", 16, b)
+                    assert c["status"] == "ok" and c["config"]["path"] == hbm.PATH, (d, b, c.get("reason"))
+                    assert any("pinned host memory" in n for n in c["notes"]) and c["metrics"]["gbps"] > 0
+                    assert "the same one copy to or from HBM" in c["notes"][0]
+        finally:
+            assert stop_servers() == []
+    finally:
+        distributed.close_group()
+
+
+def test_the_hbm_end_moves_pages_through_pinned_rows(tmp_path):
+    import torch.multiprocessing as mp
+
+    from kvbench.launch import rendezvous_store
+
+    store = rendezvous_store(30)
+    mp.spawn(_hbm_end_rank, args=(store.port, str(tmp_path)), nprocs=2, join=True)
 
 
 def test_link_labels_loopback_and_reads_nic_speeds(tmp_path, monkeypatch):
@@ -266,7 +318,7 @@ def test_link_labels_loopback_and_reads_nic_speeds(tmp_path, monkeypatch):
     (["--ranks", "0"], "argument --ranks: must be positive"),
     (["--ranks", "two"], "argument --ranks: not an integer"),
     (["--ranks", "1000"], "--ranks 1000: at most 64 ranks on one machine"),
-    (["--ranks", "2", "--bench", "roundtrip"], "a multi-rank run runs only the benchmarks that use the group"),
+    (["--ranks", "2", "--bench", "accuracy"], "a multi-rank run runs only the benchmarks that use the group"),
     (["--dist-timeout", "0"], "argument --dist-timeout: must be a positive number"),
 ])
 def test_bad_launch_input_exits_2_in_one_line(args, says, capsys):
@@ -287,3 +339,26 @@ def test_ranks_must_match_the_launcher(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["run", "--bench", "remote", "--ranks", "3"]) == 2
     assert "--ranks 3 under a launcher of $WORLD_SIZE=2 ranks" in capsys.readouterr().err
+
+
+def test_round_trips_cover_the_remote_tier_in_a_launch_and_say_why_alone(tmp_path):
+    work, tmp, env = _isolated(tmp_path)
+    p = _kvbench("run", "--bench", "roundtrip", "--ranks", "2", "--quick", "--layout", "layer", "--no-progress",
+                 "-o", "rt.json", cwd=work, env=env)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    cases = {c["name"]: c for c in json.loads((work / "rt.json").read_text())["cases"]}
+    for pair in ("dram<->remote/layer", "nvme<->remote/layer"):
+        assert cases[pair]["status"] == "ok" and cases[pair]["metrics"]["pages_verified"] > 0, cases[pair]
+        assert cases[pair]["config"]["dst_label"].startswith("remote (host memory of rank 1")
+    assert cases["dram<->nvme/layer"]["status"] == "ok"  # the local pairs run beside them
+    from kvbench.distributed import NO_GROUP
+
+    p = _kvbench("run", "--bench", "roundtrip", "--quick", "--layout", "layer", "--no-progress", "-o", "alone.json",
+                 cwd=work, env=env)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    alone = {c["name"]: c for c in json.loads((work / "alone.json").read_text())["cases"]}
+    assert alone["dram<->remote/layer"]["status"] == "skipped"
+    assert alone["dram<->remote/layer"]["reason"] == f"tier remote unavailable: {NO_GROUP}"
+    assert sorted(x.name for x in work.iterdir()) == ["alone.json", "rt.json"] and list(tmp.iterdir()) == []

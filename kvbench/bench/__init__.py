@@ -222,6 +222,10 @@ class Benchmark:
     #: runs on rank 0 of a multi-rank launch while the other ranks serve its remote
     #: tier (kvbench.launch); only such benchmarks run in one
     distributed: bool = False
+    #: runs alone and in a multi-rank launch as well (on rank 0, beside the benchmarks
+    #: that need the group), where its cases with the remote tier can run; alone they skip
+    #: with the tier's reason
+    also_distributed: bool = False
 
 
 def registry() -> dict[str, Benchmark]:

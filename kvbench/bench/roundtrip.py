@@ -101,10 +101,10 @@ def footprint(ctx: RunContext, src_name: str, dst_name: str, layout: str) -> dic
 def plan(ctx: RunContext) -> list[Case]:
     _pages(ctx)  # a bad --set roundtrip.pages fails before anything runs
     cases = []
-    # a remote tier needs a launched group, in which the remote benchmark checks its
-    # pages bit-exact (tests/test_remote.py round trips them through the store)
-    local = [t for t in TIER_NAMES if not make_tier_class(t).remote]
-    for src, dst in itertools.combinations(local, 2):
+    # every pair, the remote tier's too: its pairs run in a launched group (kvbench run
+    # --bench roundtrip --ranks 2, or torchrun), where a peer rank holds its pages, and
+    # skip with the tier's reason anywhere else
+    for src, dst in itertools.combinations(TIER_NAMES, 2):
         for layout in ctx.layouts:
             cases.append(Case(
                 f"{src}<->{dst}/{layout}", {"src": src, "dst": dst, "layout": layout},
@@ -141,6 +141,7 @@ BENCH = Benchmark(
     headline_unit="B",
     columns=("pages_verified",),
     highlights=highlights,
+    also_distributed=True,
     options={
         'roundtrip.pages': 'pages moved each way per tier pair (default 16 quick, 64 full)',
     },

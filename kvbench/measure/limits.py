@@ -32,7 +32,7 @@ def physical_limit(ctx: Any, direction: str) -> float | None:
     """GB/s no correct measurement of ``direction`` can exceed, where the machine tells
     us one (the PCIe link for host<->device; both directions at once: twice that)."""
     link = pcie_limit(ctx)
-    if direction in ("dram->hbm", "hbm->dram", "nvme->hbm") and link:
+    if direction in ("dram->hbm", "hbm->dram", "nvme->hbm", "hbm->nvme", "remote->hbm", "hbm->remote") and link:
         return link
     if direction == "dram<->hbm" and link:
         return 2 * link

@@ -11,7 +11,9 @@ torchrun) while the other ranks serve the pages. Cases (``kind`` in each config)
              ``coalesced`` (gathered or scattered on the peer through one staging
              buffer, in messages of the size the ceiling found fastest: chunk_bytes);
   ``sweep``  remote->dram from 16 to 1024 tokens per page (first format, layer layout);
-  remote->hbm and hbm->remote skip: they need CUDA and NCCL, not built yet.
+  remote->hbm and hbm->remote (with a CUDA device): the same, through this rank's pinned
+             host memory (hbm.py), the ceiling likewise; peer HBM to HBM over NCCL is not
+             built (a skip says so).
 A sample: the request, its page list and every data message (and for a put the peer's
 acknowledgement that it stored them); the ceiling sample does the same with the bytes
 contiguous, in one message or a stream of messages of one size. Bytes counted: payload bytes moved once. GB = 1e9 B. Over loopback
@@ -94,29 +96,36 @@ def _tier(ctx: RunContext, batching: str) -> Any:
 
 
 def _arms(ctx: RunContext, fetch: bool, pool: Any, ids: list[int], local: Any,
-          batching: str) -> tuple[dict[str, Any], dict[str, Any]]:
+          batching: str, end: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The paged arm, its ceiling and (when that is not one message) the one-message
     contiguous transfer; and the ceiling chosen (``label``, ``note``) with the chunk
     a coalesced transfer uses (``chunk``, ``chunk_from``: chunk_bytes). The ceiling: the
     same bytes contiguous between the same ranks, the fastest of one message and
     CEILING_MESSAGES-sized messages in two untimed looks each (over gloo, a stream of
-    1-8 MiB messages moves contiguous bytes faster than one large message)."""
+    1-8 MiB messages moves contiguous bytes faster than one large message). ``end``: the
+    HBM end of a remote->hbm or hbm->remote case (hbm.HbmEnd), whose copy to or from HBM
+    every arm includes; None for dram."""
+    from kvbench.bench.remote.hbm import joined
     from kvbench.measure.paired import best_of, host_arm
 
     buf, stride, width = pool.buffer, pool.stride, pool.page_bytes
     nbytes, flat = len(ids) * width, local.view(-1)
     contiguous = buf.read_into if fetch else buf.write_from
     sizes = {f"{m // MiB} MiB messages": m for m in CEILING_MESSAGES if m < nbytes}
-    cands = {"one message": host_arm(lambda: contiguous(0, flat), nbytes)}
-    cands.update({k: host_arm(lambda m=m: contiguous(0, flat, m), nbytes) for k, m in sizes.items()})
+    ceil_step = end.contiguous(flat) if end else None
+    cands = {"one message": host_arm(joined(lambda: contiguous(0, flat), ceil_step, fetch), nbytes)}
+    cands.update({k: host_arm(joined(lambda m=m: contiguous(0, flat, m), ceil_step, fetch), nbytes)
+                  for k, m in sizes.items()})
     best = best_of(cands)
     chunk, chunk_from = chunk_bytes(ctx, sizes.get(best, 0))
     move = buf.fetch_rows if fetch else buf.put_rows
-    arms = {"paged": host_arm(lambda: move(ids, stride, width, local, batching, chunk), nbytes),
+    paged = joined(lambda: move(ids, stride, width, local, batching, chunk), end.paged(local) if end else None, fetch)
+    arms = {"paged": host_arm(paged, nbytes),
             "ceiling": cands[best]}
     if best != "one message":
         arms["one_message"] = cands["one message"]
-    note = (f"ceiling: the same {nbytes:,} B contiguous between the same ranks, the fastest of "
+    via = " and the same one copy to or from HBM" if end else ""
+    note = (f"ceiling: the same {nbytes:,} B contiguous between the same ranks{via}, the fastest of "
             f"{', '.join(cands)} in two untimed looks each: {best}; sampled alternately with the paged path")
     return arms, {"label": best, "note": note, "chunk": chunk, "chunk_from": chunk_from}
 
@@ -124,7 +133,7 @@ def _arms(ctx: RunContext, fetch: bool, pool: Any, ids: list[int], local: Any,
 def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> tuple[Any, int, dict[str, Any]]:
     """Fill a remote pool of 2n pages, sample the paged path and its ceiling alternately,
     then check the pages bit-exact (untimed). Returns (the Interleaved result, n, the
-    ceiling chosen: _arms)."""
+    ceiling chosen: _arms). remote->hbm and hbm->remote: through pinned rows (hbm.HbmEnd)."""
     import torch
 
     from kvbench.measure.paired import interleave, min_pairs_for
@@ -134,17 +143,21 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
     n = max(2, sample_bytes(ctx) // spec.page_bytes)
     rng = random.Random(f"{ctx.seed}/{direction}/{spec.fmt.name}/{spec.layout}/{spec.tokens}")
     gen = torch.Generator().manual_seed(ctx.seed)
-    pool = PagePool(_tier(ctx, batching), spec, 2 * n)
+    fetch = direction.startswith("remote")
+    pool, end = PagePool(_tier(ctx, batching), spec, 2 * n), None
     try:
         ids = rng.sample(range(2 * n), n)
         local = aligned_host_empty(n * spec.page_bytes, pin=ctx.cuda).view(n, spec.page_bytes)
-        fetch = direction.startswith("remote")
         data = torch.randint(0, 256, (2 * n if fetch else n, spec.page_bytes), dtype=torch.uint8, generator=gen)
         if fetch:
             pool.write_pages(range(2 * n), data, method="coalesced")
         else:
             local.copy_(data)
-        arms, ceiling = _arms(ctx, fetch, pool, ids, local, batching)
+        if "hbm" in direction:
+            from kvbench.bench.remote.hbm import HbmEnd
+
+            end = HbmEnd(ctx, spec, n, fetch, None if fetch else data, direction)
+        arms, ceiling = _arms(ctx, fetch, pool, ids, local, batching, end)
         ratios = {"pct_of_ceiling": ("paged", "ceiling")}
         if "one_message" in arms:
             ratios["pct_of_one_message"] = ("paged", "one_message")
@@ -153,13 +166,19 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
         res.release()
         if fetch:
             pool.buffer.fetch_rows(ids, pool.stride, spec.page_bytes, local, batching, ceiling["chunk"])
-            ok = torch.equal(local, data[ids])
+            if end:
+                end.paged(local)()
+            ok = torch.equal(end.pages() if end else local, data[ids])
         else:  # the ceiling wrote over the pool's first rows: put the pages once more
+            if end:
+                end.paged(local)()
             pool.buffer.put_rows(ids, pool.stride, spec.page_bytes, local, batching, ceiling["chunk"])
             ok = torch.equal(pool.read_pages(ids, method="coalesced"), data)
         if not ok:
             raise AssertionError(f"pages differ after {direction} ({batching})")
     finally:
+        if end:
+            end.close()
         pool.close()
     return res, n, ceiling
 
@@ -180,10 +199,17 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
            **({"chunk_bytes": ceiling["chunk"], "chunk_from": ceiling["chunk_from"]} if batching == "coalesced" else {}),
            "backend": link.get("backend"), "link": link.get("link"), "loopback": link.get("loopback"),
            "model": ctx.model.name, **spec.describe()}
+    if "hbm" in direction:
+        from kvbench.bench.remote.hbm import PATH
+
+        cfg["path"] = PATH
     secs, ceil = res.arms["paged"].seconds, res.arms["ceiling"].seconds
     extra = [(a - b) / n * 1e6 for a, b in zip(secs, ceil)]
     notes = [ceiling["note"], f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
              + (" and the peer's acknowledgement" if dst == "remote" else "")]
+    if "hbm" in direction:
+        notes.append(f"through this rank's pinned host memory: {cfg['path']}; both steps in every sample, "
+                     "one after the other")
     if link.get("loopback"):
         notes.append("loopback: every rank on one host; this measures the gloo/TCP stack and memory copies, not a NIC")
     samples = {"gbps": gbps(n * spec.page_bytes, secs), "seconds": secs, "ceiling_gbps": gbps(n * spec.page_bytes, ceil)}
@@ -223,16 +249,36 @@ def _name(direction: str, spec: PageSpec, batching: str, kind: str) -> str:
     return "/".join(parts)
 
 
-def _gpu_skips(ctx: RunContext) -> list[Case]:
-    if ctx.cuda:
-        why = ("CUDA tensors between ranks need NCCL, which the remote tier does not use yet (gloo moves "
-               "host tensors only)")
-    else:
+#: why a peer's HBM straight into this rank's HBM does not run
+NCCL_WHY = ("peer HBM to HBM over NCCL is not built: the remote tier holds its pages in the peer's host "
+            "memory and moves host tensors over gloo (remote->hbm and hbm->remote cross this rank's pinned "
+            "host memory); NCCL would also need a GPU of its own for every rank")
+
+
+def _skip(name: str, direction: str, why: str) -> Case:
+    return Case(name, {"direction": direction},
+                lambda c: skipped_case(BENCH_KEY, name, {"direction": direction}, why))
+
+
+def _gpu_cases(ctx: RunContext, batchings: tuple[str, ...]) -> list[Case]:
+    """remote->hbm and hbm->remote per format, layout and batching (through pinned host
+    memory: hbm.HbmEnd) with a CUDA device, else one skip each with the reason; and the
+    NCCL path's skip."""
+    if not ctx.cuda:
         from kvbench.tiers.hbm import cuda_status
 
         why = f"needs a CUDA device: {cuda_status()[1]}"
-    return [Case(f"{d}/*", {"direction": d}, lambda c, d=d: skipped_case(BENCH_KEY, f"{d}/*", {"direction": d}, why))
-            for d in GPU_DIRECTIONS]
+        return [_skip(f"{d}/*", d, why) for d in GPU_DIRECTIONS]
+    t, cases = ctx.tokens_per_page, []
+    for d in GPU_DIRECTIONS:
+        for f in ctx.formats:
+            for lay in ctx.layouts:
+                spec = PageSpec(ctx.model, get_format(f), t, lay)
+                for b in batchings:
+                    cases.append(Case(_name(d, spec, b, "paged"), {"direction": d, "batching": b},
+                                      lambda c, d=d, f=f, lay=lay, b=b: paged_case(c, d, f, lay, t, b)))
+        cases.append(_skip(f"{d}/nccl", d, NCCL_WHY))
+    return cases
 
 
 def plan(ctx: RunContext) -> list[Case]:
@@ -253,7 +299,7 @@ def plan(ctx: RunContext) -> list[Case]:
         for b in BATCHING:
             cases.append(Case(_name("remote->dram", spec, b, "sweep"), {"direction": "remote->dram", "batching": b},
                               lambda c, tok=tok, b=b: paged_case(c, "remote->dram", f, "layer", tok, b, "sweep")))
-    return cases + _gpu_skips(ctx)
+    return cases + _gpu_cases(ctx, BATCHING)
 
 
 def available(ctx: RunContext) -> tuple[bool, str]:

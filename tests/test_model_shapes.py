@@ -257,3 +257,67 @@ def test_size_bad_model_or_format_is_one_line(args, msg, capsys):
 def test_size_refuses_weights_from_a_parameter_count_the_model_lacks(capsys):
     assert main(["size", "--scenario", "llama-3.1-70b-fp8-chat", "--model", "DeepSeek-V4-Flash"]) == 2
     assert "kvbench.params_total" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- component pages
+def test_component_pages_are_their_entries_bytes():
+    """DeepSeek-V4-Pro (configs/models: head_dim 512, one KV head, index_head_dim 128,
+    compress_rates CSA 4 / HCA 128; 30 CSA and 31 HCA layers): a page of 16 CSA entries
+    of one layer in fp16 is 16 x 512 x 2 = 16,384 B and spans 16 x 4 = 64 tokens; its
+    indexer keys 16 x 128 x 2 = 4,096 B; a block page of HCA entries covers the 31 HCA
+    layers: 31 x 16,384 = 507,904 B. 1M tokens need 1e6 / 4 / 16 = 15,625 spans of CSA
+    entries on each of 30 layers (468,750 layer pages) and 1e6 // 128 = 7,812 HCA entries,
+    489 pages of 16 on each of 31 layers (15,159)."""
+    from kvbench.spec import PageSpec, get_format
+
+    m, fp16 = load_model("DeepSeek-V4-Pro"), get_format("fp16")
+    csa = PageSpec(m, fp16, 16, "layer", "csa_entries")
+    assert csa.page_bytes == 16 * 512 * 2 and csa.pages_for_tokens(10 ** 6) == 15_625 * 30
+    assert {k: csa.describe()[k] for k in ("component", "tokens_per_entry", "entries_per_page",
+                                           "tokens_per_page")} == {"component": "csa_entries",
+                                                                   "tokens_per_entry": 4, "entries_per_page": 16,
+                                                                   "tokens_per_page": 64}
+    assert PageSpec(m, fp16, 16, "layer", "csa_indexer_keys").page_bytes == 16 * 128 * 2
+    hca = PageSpec(m, fp16, 16, "block", "hca_entries")
+    assert hca.page_bytes == 31 * 16 * 512 * 2 and hca.pages_for_tokens(10 ** 6) == 489
+    assert PageSpec(m, fp16, 16, "layer", "hca_entries").pages_for_tokens(10 ** 6) == 489 * 31
+    # the primary component's pages are what they were (no component named)
+    assert PageSpec(m, fp16, 16, "layer").describe().get("component") is None
+    with pytest.raises(KvbenchError, match="has no KV component 'kv'; known: window, csa_entries"):
+        PageSpec(m, fp16, 16, "layer", "kv")
+
+
+def test_component_pages_round_trip_through_the_store(tmp_path):
+    import torch
+
+    from kvbench.spec import PageSpec, get_format
+    from kvbench.store import PagePool, move_pages
+    from kvbench.tiers import DramTier, NvmeTier
+
+    nvme = NvmeTier(tmp_path)
+    try:
+        for model, comp in (("DeepSeek-V4-Pro", "csa_indexer_keys"), ("DeepSeek-V4-Flash", "hca_entries"),
+                            ("DeepSeek-V3.2", "indexer_keys")):
+            spec = PageSpec(load_model(model), get_format("fp8_e4m3"), 16, "block", comp)
+            with PagePool(DramTier(pinned=False), spec, 8) as a, PagePool(nvme, spec, 8) as b:
+                data = torch.randint(0, 256, (3, spec.page_bytes), dtype=torch.uint8)
+                a.write_pages([5, 0, 2], data)
+                move_pages(a, [5, 0, 2], b, [1, 7, 3])
+                move_pages(b, [1, 7, 3], a, [4, 6, 1])
+                assert torch.equal(a.read_pages([4, 6, 1]), data), (model, comp)
+    finally:
+        nvme.close()
+
+
+def test_round_trips_cover_every_growing_component(tmp_path):
+    from kvbench.bench import RunContext
+    from kvbench.bench import roundtrip as R
+
+    ctx = RunContext(cuda=False, quick=True, model=load_model("DeepSeek-V4-Pro"), formats=["fp16"],
+                     tokens_per_page=16, layouts=["layer"], nvme_dir=tmp_path, warmup=0, samples=1)
+    names = [c.name for c in R.plan(ctx) if c.name.startswith("dram<->nvme/")]
+    assert names == ["dram<->nvme/layer", "dram<->nvme/layer/csa_entries", "dram<->nvme/layer/csa_indexer_keys",
+                     "dram<->nvme/layer/hca_entries"]  # compressor state is fixed-size: not paged
+    case = next(c for c in R.plan(ctx) if c.name == "dram<->nvme/layer/hca_entries").run(ctx)
+    assert case["status"] == "ok" and case["config"]["component"] == "hca_entries"
+    assert case["config"]["tokens_per_page"] == 16 * 128 and case["config"]["page_bytes"] == 16 * 512 * 2

@@ -3,7 +3,9 @@
 The first real case of a run: random bytes in random pages of a pool on tier A are
 moved in random order to random pages on tier B and back to fresh pages on A, then
 compared byte for byte. It proves the tiers, the pool and the movers before anything
-is timed.
+is timed. A model with further KV components (MLA's indexer keys, DeepSeek-V4's
+compressed entries) has each one's pages checked too (``<pair>/<layout>/<component>``).
+The remote tier's pairs run in a launched group (``--ranks 2``) and skip elsewhere.
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ from kvbench.tiers import tier_class as make_tier_class
 BENCH_KEY = "roundtrip"
 
 
+def _components(ctx: RunContext) -> list[str]:
+    """The pages a pair is checked with: the primary component's (""), then each other
+    component that grows with context (indexer keys, compressed entries, ...) in pages of
+    its own entries (PageSpec.component); fixed-size compressor state is not paged."""
+    return ["", *(c.name for c in ctx.model.components[1:] if c.grows)]
+
+
+def _spec(ctx: RunContext, layout: str, component: str = "") -> PageSpec:
+    return PageSpec(ctx.model, get_format(ctx.formats[0]), ctx.tokens_per_page, layout, component)
+
+
 def _pages(ctx: RunContext) -> int:
     """Pages moved each way: positive, and the 2n-page pools must fit in host memory."""
     from kvbench.units import GB
@@ -33,12 +46,12 @@ def _pages(ctx: RunContext) -> int:
     return ctx.opt_int("roundtrip.pages", 16 if ctx.quick else 64, maximum=most, why=why)
 
 
-def round_trip(ctx: RunContext, src_name: str, dst_name: str, layout: str) -> dict:
+def round_trip(ctx: RunContext, src_name: str, dst_name: str, layout: str, component: str = "") -> dict:
     import torch
 
     from kvbench.store import PagePool, move_pages
 
-    spec = PageSpec(ctx.model, get_format(ctx.formats[0]), ctx.tokens_per_page, layout)
+    spec = _spec(ctx, layout, component)
     n = _pages(ctx)
     rng = random.Random(ctx.seed)
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -75,7 +88,7 @@ def round_trip(ctx: RunContext, src_name: str, dst_name: str, layout: str) -> di
             if hasattr(t, "close"):
                 t.close()
     return make_case(
-        BENCH_KEY, f"{src_name}<->{dst_name}/{layout}",
+        BENCH_KEY, _name(src_name, dst_name, layout, component),
         {"src": src_name, "dst": dst_name, "layout": layout, "pages": n, **spec.describe(),
          "src_label": tiers[src_name].label, "dst_label": tiers[dst_name].label},
         metrics={"bytes_verified": 2 * n * spec.page_bytes, "pages_verified": 2 * n},
@@ -84,14 +97,18 @@ def round_trip(ctx: RunContext, src_name: str, dst_name: str, layout: str) -> di
     )
 
 
-def footprint(ctx: RunContext, src_name: str, dst_name: str, layout: str) -> dict[str, int]:
+def _name(src: str, dst: str, layout: str, component: str) -> str:
+    return f"{src}<->{dst}/{layout}" + (f"/{component}" if component else "")
+
+
+def footprint(ctx: RunContext, src_name: str, dst_name: str, layout: str, component: str = "") -> dict[str, int]:
     """Bytes a round trip holds at once: a pool of 2n pages on each tier of the pair
     (rows padded to 4 KiB on a file tier), plus on pageable host memory the n random
     pages, the n pages read back and n pages of staging a move may need (an upper bound)."""
     from kvbench.footprint import on_tier, total
     from kvbench.units import align_up
 
-    spec = PageSpec(ctx.model, get_format(ctx.formats[0]), ctx.tokens_per_page, layout)
+    spec = _spec(ctx, layout, component)
     n, pb = _pages(ctx), spec.page_bytes
     row = lambda t: align_up(pb, 4096) if make_tier_class(t).file_backed else pb  # noqa: E731
     return total(on_tier(src_name, 2 * n * row(src_name), ctx.cuda),
@@ -106,11 +123,12 @@ def plan(ctx: RunContext) -> list[Case]:
     # skip with the tier's reason anywhere else
     for src, dst in itertools.combinations(TIER_NAMES, 2):
         for layout in ctx.layouts:
-            cases.append(Case(
-                f"{src}<->{dst}/{layout}", {"src": src, "dst": dst, "layout": layout},
-                lambda c, s=src, d=dst, lay=layout: round_trip(c, s, d, lay),
-                footprint=lambda c, s=src, d=dst, lay=layout: footprint(c, s, d, lay),
-            ))
+            for comp in _components(ctx):
+                cases.append(Case(
+                    _name(src, dst, layout, comp), {"src": src, "dst": dst, "layout": layout},
+                    lambda c, s=src, d=dst, lay=layout, k=comp: round_trip(c, s, d, lay, k),
+                    footprint=lambda c, s=src, d=dst, lay=layout, k=comp: footprint(c, s, d, lay, k),
+                ))
     return cases
 
 

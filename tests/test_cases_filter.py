@@ -86,7 +86,7 @@ def test_run_with_cases_runs_only_those_and_records_the_filter(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("regex,msg", [
-    ("nvme->hbm/nope", "--cases 'nvme->hbm/nope' matches none of the 6 cases planned for roundtrip"),
+    ("nvme->hbm/nope", "--cases 'nvme->hbm/nope' matches none of the 12 cases planned for roundtrip"),
     ("dram<->(nvme", "is not a valid regular expression"),
 ])
 def test_bad_cases_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, regex, msg):

@@ -7,9 +7,13 @@ Every rank: join the group, gather identities (bounded by the group's timeout), 
 selected benchmarks into a private temporary file (removed after), then wait for the
 others through the rendezvous store, bounded by ``fleet_wait_s`` (ranks run the same
 suite, so one that takes more than twice as long as this one, plus the timeout, is
-reported as not finishing; a gloo wait could not outlast the group's timeout) and hand
-its result to rank 0 with ``gather_object`` (bounded by the group's timeout). A rank whose run failed sends its one-line reason instead; rank 0 writes the
-result with what it got and exits 1. No torch import at module level.
+reported as not finishing; a gloo wait could not outlast the group's timeout). Each rank
+hands its result over through the same store (``payload_key``) before it says it is done,
+so rank 0 writes what the ranks that finished sent even when another never finishes. A
+rank whose run failed sends its one-line reason instead; one that died (``kvbench run
+--ranks N`` sees it and says so in the store: ``report_dead``) or did not finish in time
+is listed with why; rank 0 writes the result with what it got and exits 1. No torch
+import at module level.
 
 The fleet result is an ordinary result document (kvbench.results.validate): ``run``
 and ``method`` are rank 0's (a new run id), ``environment`` rank 0's with the group's
@@ -67,8 +71,12 @@ def _run_own(run_local: Callable[[dict[str, Any], Path, dict[str, Any]], int],
              block: dict[str, Any]) -> dict[str, Any]:
     """This rank's benchmarks into a private temporary file: {rank, code, doc} or
     {rank, code, error}. The file and its folder are removed."""
+    from kvbench.tiers.nvme import make_owned_dir
+
     here = distributed.rank()
-    folder = Path(tempfile.mkdtemp(prefix=f"kvbench-fleet-rank{here}-"))
+    # owned (pid and process identity inside): a killed rank's folder is removed later
+    # by kvbench.tiers.nvme.remove_stale_dirs (the launcher calls it at once)
+    folder = make_owned_dir(f"kvbench-fleet-rank{here}-", tempfile.gettempdir())
     sink: dict[str, Any] = {"progress": here == 0}
     try:
         code = run_local(block, folder / "result.json", sink)
@@ -95,40 +103,46 @@ def _store() -> Any:
                     timeout=dt.timedelta(seconds=distributed.timeout_s()), wait_for_workers=False)
 
 
-def _wait_for_all(wait_s: float) -> None:
-    """Say this rank is done and wait, at most ``wait_s``, until every rank has. Through
-    the rendezvous store, not the group: a gloo wait ends at the group's timeout, and
-    ranks may finish minutes apart."""
+def payload_key(rank: int, restart: str | None = None) -> str:
+    """The store key of rank ``rank``'s hand-over (JSON: {rank, code, doc | error})."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") if restart is None else restart
+    return f"kvbench/fleet/{restart}/payload/{rank}"
+
+
+def report_dead(store: Any, rank: int, why: str) -> None:
+    """Hand over, for a rank that died before it did, the one line saying so (the
+    launcher calls this; a rank that handed its result over first keeps it)."""
+    import json
+
+    key = payload_key(rank, "0")
+    if not store.check([key]):
+        store.set(key, json.dumps({"rank": rank, "code": 1, "error": why}))
+
+
+def _hand_over(payload: dict[str, Any], wait_s: float) -> list[dict[str, Any]] | None:
+    """Put this rank's payload in the rendezvous store; on rank 0, wait at most ``wait_s``
+    for every rank's and return them all (a rank that never handed one over: a payload
+    with the reason). Through the store, not the group: a gloo wait ends at the group's
+    timeout, ranks may finish minutes apart, and one may be dead."""
+    import json
+
     store, here, world = _store(), distributed.rank(), distributed.world_size()
-    prefix = f"kvbench/fleet/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/done/"
-    store.set(f"{prefix}{here}", "1")
+    store.set(payload_key(here), json.dumps(payload, default=str))
+    if here != 0:
+        return None
     deadline = time.monotonic() + wait_s
+    keys = [payload_key(r) for r in range(world)]
     # polled with check(): a store.wait() that timed out leaves its reply pending on the
     # connection, and the next one reads it (seen with torch 2.13)
-    while not store.check([f"{prefix}{r}" for r in range(world)]):
-        if time.monotonic() >= deadline:
-            missing = [r for r in range(world) if not store.check([f"{prefix}{r}"])]
-            raise FleetFailure(f"rank {here}: rank{'s' if len(missing) > 1 else ''} "
-                               f"{', '.join(map(str, missing))} of the fleet did not finish within "
-                               f"{wait_s:g} s of this one")
+    while not store.check(keys) and time.monotonic() < deadline:
         time.sleep(POLL_S)
-
-
-def _gather(payload: dict[str, Any], wait_s: float) -> list[dict[str, Any]] | None:
-    """Every rank's payload on rank 0 (None elsewhere), once every rank is done (a wait
-    bounded by ``wait_s``); the hand-over itself is bounded by the group's timeout.
-    FleetFailure naming what did not arrive."""
-    import torch.distributed as dist
-
-    here = distributed.rank()
-    _wait_for_all(wait_s)
-    out: list[Any] | None = [None] * distributed.world_size() if here == 0 else None
-    try:
-        dist.gather_object(payload, out, dst=0)
-    except Exception as exc:  # noqa: BLE001 - gloo's errors are RuntimeErrors of many kinds
-        distributed.mark_failed(distributed.short_error(exc))
-        raise FleetFailure(f"rank {here}: handing the results to rank 0 failed within "
-                           f"{distributed.timeout_s():g} s: {distributed.short_error(exc)}") from None
+    out = []
+    for r, key in enumerate(keys):
+        if store.check([key]):
+            out.append(json.loads(store.get(key)))
+        else:
+            out.append({"rank": r, "code": 1, "error": f"rank {r} of the fleet did not finish within {wait_s:g} s "
+                                                       "of rank 0 (it hung or died)"})
     return out
 
 
@@ -148,7 +162,7 @@ def run_fleet(timeout_s: float, run_local: Callable[[dict[str, Any], Path, dict[
         payload = _run_own(run_local, block)
         if payload["code"] in (130, 143):  # interrupted: the launcher signalled every rank
             return payload["code"]
-        got = _gather(payload, fleet_wait_s(timeout_s, time.monotonic() - t0))
+        got = _hand_over(payload, fleet_wait_s(timeout_s, time.monotonic() - t0))
         if got is None:
             return 0 if "doc" in payload else 1
         return _write(got, block, output)

@@ -125,19 +125,43 @@ def _stop(procs: list[subprocess.Popen], sig: int | None = signal.SIGTERM, wait_
     return stopped
 
 
-def _supervise(procs: list[subprocess.Popen], timeout_s: float) -> list[int]:
-    """Wait for every rank; once one has ended, stop the others left after the timeout
-    plus GRACE_S. Returns the ranks it had to stop."""
-    first_end = None
+def _supervise(procs: list[subprocess.Popen], timeout_s: float, store: Any = None) -> list[int]:
+    """Wait for every rank; once one has ended (a fleet run: once rank 0 has), stop the
+    others left after the timeout plus GRACE_S. Returns the ranks it had to stop.
+    ``store``: a fleet run's rendezvous store, where a rank that failed is reported to
+    rank 0 at once (``_fleet_rank_failed``) while the other ranks go on with their own
+    benchmarks."""
+    first_end, told = None, set()
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             return []
-        if first_end is None and (codes[0] is not None or any(c for c in codes if c)):
+        for r, c in enumerate(codes):
+            if store is not None and c and r and r not in told:
+                told.add(r)
+                _fleet_rank_failed(store, r, procs[r])
+        ended = codes[0] is not None or (store is None and any(c for c in codes if c))
+        if first_end is None and ended:
             first_end = time.monotonic()
         if first_end is not None and time.monotonic() - first_end > timeout_s + GRACE_S:
             return _stop(procs)
         time.sleep(0.05)
+
+
+def _fleet_rank_failed(store: Any, rank: int, proc: subprocess.Popen) -> None:
+    """A fleet rank ended badly: tell rank 0 through the store (unless the rank handed
+    its result over first), and remove what a killed rank left in the temporary folder."""
+    import tempfile
+
+    from kvbench.fleet import report_dead
+    from kvbench.tiers.nvme import remove_stale_dirs
+
+    try:
+        report_dead(store, rank, f"rank {rank} (pid {proc.pid}) {_ended(proc.returncode)}")
+    except Exception:  # noqa: BLE001 - rank 0 then reports it as not finishing in time
+        pass
+    if proc.returncode < 0:
+        remove_stale_dirs(tempfile.gettempdir())
 
 
 def spawn_local(argv: list[str], ranks: int, timeout_s: float) -> int:
@@ -157,7 +181,7 @@ def spawn_local(argv: list[str], ranks: int, timeout_s: float) -> int:
             except OSError as exc:
                 _stop(procs)
                 raise KvbenchError(f"cannot start rank {r} ({sys.executable}): {exc.strerror}") from None
-        stopped = _supervise(procs, timeout_s)
+        stopped = _supervise(procs, timeout_s, store if "--fleet" in argv else None)
     except KeyboardInterrupt as exc:  # Ctrl-C reached the ranks too (one process group)
         term = isinstance(exc, _Terminated)
         _stop(procs, signal.SIGTERM if term else None, wait_s=GRACE_S)

@@ -6,6 +6,7 @@ cases under rank<r>/, their environments, the spread of each headline figure), w
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,41 @@ def test_a_two_rank_fleet_run_and_its_compare(isolated_cli):
     assert c.returncode == 0, c.stderr
     assert "f.json#rank0" in c.stdout and "f.json#rank1" in c.stdout and "Fleet spread" in c.stdout
     assert sorted(x.name for x in work.iterdir()) == ["f.json"] and list(isolated_cli.tmp.iterdir()) == []
+
+
+def test_a_killed_fleet_rank_is_reported_and_the_others_results_kept(isolated_cli):
+    """Rank 1 killed mid-run: rank 0 finishes its own benchmarks, writes the fleet result
+    with rank 1 failed and why, exits 1; what the killed rank left in TMPDIR is removed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    work, tmp = isolated_cli.work, isolated_cli.tmp
+    env = dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env.pop("KVBENCH_NVME_DIR", None)
+    p = subprocess.Popen([sys.executable, "-m", "kvbench", "run", "--ranks", "2", "--fleet", "--bench", "soak",
+                          "--quick", "--format", "fp16", "--no-progress", "--set", "soak.pages=4000",
+                          "--dist-timeout", "3", "-o", "f.json"], cwd=work, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline, folder = time.monotonic() + 60, None
+    while folder is None and time.monotonic() < deadline:  # rank 1 is running its benchmarks
+        folder = next((x for x in tmp.iterdir() if x.name.startswith("kvbench-fleet-rank1-")), None)
+        time.sleep(0.02)
+    assert folder is not None, "rank 1 never started its benchmarks"
+    pid = int(folder.name.split("-")[3])
+    os.kill(pid, signal.SIGKILL)
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 1, err
+    assert f"rank 1 (pid {pid}) was killed by SIGKILL" in err and "Traceback" not in err
+    doc = json.loads((work / "f.json").read_text())
+    ranks = doc["fleet"]["ranks"]
+    assert [r["status"] for r in ranks] == ["ok", "failed"]
+    assert ranks[1]["error"] == f"rank 1 (pid {pid}) was killed by SIGKILL"
+    assert any(c["name"].startswith("rank0/") and c["status"] == "ok" for c in doc["cases"])
+    assert not any(c["name"].startswith("rank1/") for c in doc["cases"])
+    assert sorted(x.name for x in work.iterdir()) == ["f.json"] and list(tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize("args,says", [

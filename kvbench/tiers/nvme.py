@@ -123,7 +123,8 @@ def remove_stale_dirs(parent: str | Path, *, log: Any = None) -> list[Path]:
         shutil.rmtree(e.path, ignore_errors=True)  # fd-based on Linux: never follows a symlink
         if not os.path.lexists(e.path):
             removed.append(Path(e.path))
-            print(f"kvbench: removed stale nvme folder {e.path} (left by pid {owner.get('pid')} "
+            what = "nvme" if e.name.startswith("kvbench-nvme-") else "kvbench"
+            print(f"kvbench: removed stale {what} folder {e.path} (left by pid {owner.get('pid')} "
                   f"on {owner.get('host')}, no longer running)", file=log or sys.stderr)
     return removed
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kvbench import disk_identity, mounts
 from kvbench import env as kenv
 from kvbench import mounts
 from kvbench.report.machine import machine_lines
@@ -197,7 +198,7 @@ def test_pcie_limit_unknown(gen, width):
     ("md127", "md127"), ("zram0", "zram0"),
 ])
 def test_whole_disk_name(name, disk):
-    assert kenv.whole_disk_name(name) == disk
+    assert disk_identity.whole_disk_name(name) == disk
 
 
 def test_mountinfo_longest_match_and_escapes():
@@ -207,20 +208,20 @@ def test_mountinfo_longest_match_and_escapes():
         "41 27 0:50 / /mnt/nv rw - tmpfs tmpfs rw",
         r"42 40 259:2 / /mnt/nvme/my\040disk rw - ext4 /dev/nvme1n1 rw",
     ])
-    rows = kenv.parse_mountinfo(text)
+    rows = mounts.parse_mountinfo(text)
     assert rows[1]["fs_type"] == "xfs" and rows[1]["source"] == "/dev/nvme0n1p1"
-    assert kenv.find_mount("/mnt/nvme/kv", rows)["source"] == "/dev/nvme0n1p1"
-    assert kenv.find_mount("/mnt/nvme", rows)["source"] == "/dev/nvme0n1p1"
-    assert kenv.find_mount("/mnt/nvmex", rows)["source"] == "/dev/vda"
-    assert kenv.find_mount("/mnt/nv/a", rows)["fs_type"] == "tmpfs"
-    assert kenv.find_mount("/mnt/nvme/my disk/x", rows)["source"] == "/dev/nvme1n1"
+    assert mounts.find_mount("/mnt/nvme/kv", rows)["source"] == "/dev/nvme0n1p1"
+    assert mounts.find_mount("/mnt/nvme", rows)["source"] == "/dev/nvme0n1p1"
+    assert mounts.find_mount("/mnt/nvmex", rows)["source"] == "/dev/vda"
+    assert mounts.find_mount("/mnt/nv/a", rows)["fs_type"] == "tmpfs"
+    assert mounts.find_mount("/mnt/nvme/my disk/x", rows)["source"] == "/dev/nvme1n1"
 
 
 def test_device_kind():
-    assert kenv._device_kind("nvme0n1", 0) == "nvme"
-    assert kenv._device_kind("vda", 1) == "virtio"
-    assert kenv._device_kind("sda", 1) == "rotational"
-    assert kenv._device_kind("sdb", 0) == "ssd"
+    assert disk_identity._device_kind("nvme0n1", 0) == "nvme"
+    assert disk_identity._device_kind("vda", 1) == "virtio"
+    assert disk_identity._device_kind("sda", 1) == "rotational"
+    assert disk_identity._device_kind("sdb", 0) == "ssd"
 
 
 def test_nvml_string_helpers():

@@ -93,7 +93,7 @@ FLOORS = [
     ("spec and formats", ("kvbench.spec", "kvbench.kvformat", "kvbench.kvcomponents", "kvbench.pagespec",
                           "kvbench.formats", "kvbench.plotkit")),
     ("machine, tiers, movers, kernels",
-     ("kvbench.env", "kvbench.timing", "kvbench.tiers", "kvbench.movers", "kvbench.store", "kvbench.distributed",
+     ("kvbench.env", "kvbench.disk_identity", "kvbench.timing", "kvbench.tiers", "kvbench.movers", "kvbench.store", "kvbench.distributed",
       "kvbench.gds",
       "kvbench.kernels_loader", "kvbench.attention", "kvbench.quantized_pages", "kvbench.footprint",
       "kernels")),

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kvbench import env as kenv
+from kvbench import env
+from kvbench import mounts as kenv
 from kvbench.errors import KvbenchError
 from kvbench.runner import make_nvme_workdir
 from kvbench.report.machine import machine_lines
@@ -105,7 +106,7 @@ def test_ram_backed_dir_is_labelled():
     if not shm.is_dir() or kenv.dir_backing(shm, kenv.read_mount_table())["fs_type"] != "tmpfs":
         pytest.skip("no tmpfs /dev/shm here")
     assert NvmeTier(shm).label == "nvme (RAM-backed tmpfs: not a disk)"
-    nv = kenv.collect_environment(shm, import_torch=False)["nvme"]
+    nv = env.collect_environment(shm, import_torch=False)["nvme"]
     assert nv["backing"] == "ram" and "RAM-backed" in nv["backing_reason"]
     assert any(line.startswith("  not a disk: tmpfs") for line in machine_lines({"nvme": nv}))
 
@@ -145,11 +146,11 @@ def test_workdir_records_why(tmp_path):
     try:
         assert owned and path.name.startswith("kvbench-nvme-")
         assert path.parent == default_nvme_dir().path
-        nv = kenv.collect_environment(path, import_torch=False)["nvme"]
+        nv = env.collect_environment(path, import_torch=False)["nvme"]
         assert nv["chosen_because"] == chosen_because(path) and nv["backing"] in (
             "disk", "ram", "overlay", "network", "unknown")
     finally:
         shutil.rmtree(path)
     path, owned = make_nvme_workdir(str(tmp_path))
     assert (path, owned) == (tmp_path, False)
-    assert kenv.collect_environment(tmp_path, import_torch=False)["nvme"]["chosen_because"] == "given by --nvme-dir"
+    assert env.collect_environment(tmp_path, import_torch=False)["nvme"]["chosen_because"] == "given by --nvme-dir"

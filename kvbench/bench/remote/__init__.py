@@ -260,6 +260,18 @@ def _skip(name: str, direction: str, why: str) -> Case:
                 lambda c: skipped_case(BENCH_KEY, name, {"direction": direction}, why))
 
 
+def _paged_cases(ctx: RunContext, direction: str, batchings: tuple[str, ...]) -> list[Case]:
+    """One paged case per format, layout and batching of ``direction``."""
+    t, cases = ctx.tokens_per_page, []
+    for f in ctx.formats:
+        for lay in ctx.layouts:
+            spec = PageSpec(ctx.model, get_format(f), t, lay)
+            for b in batchings:
+                cases.append(Case(_name(direction, spec, b, "paged"), {"direction": direction, "batching": b},
+                                  lambda c, d=direction, f=f, lay=lay, b=b: paged_case(c, d, f, lay, t, b)))
+    return cases
+
+
 def _gpu_cases(ctx: RunContext, batchings: tuple[str, ...]) -> list[Case]:
     """remote->hbm and hbm->remote per format, layout and batching (through pinned host
     memory: hbm.HbmEnd) with a CUDA device, else one skip each with the reason; and the
@@ -269,15 +281,9 @@ def _gpu_cases(ctx: RunContext, batchings: tuple[str, ...]) -> list[Case]:
 
         why = f"needs a CUDA device: {cuda_status()[1]}"
         return [_skip(f"{d}/*", d, why) for d in GPU_DIRECTIONS]
-    t, cases = ctx.tokens_per_page, []
+    cases = []
     for d in GPU_DIRECTIONS:
-        for f in ctx.formats:
-            for lay in ctx.layouts:
-                spec = PageSpec(ctx.model, get_format(f), t, lay)
-                for b in batchings:
-                    cases.append(Case(_name(d, spec, b, "paged"), {"direction": d, "batching": b},
-                                      lambda c, d=d, f=f, lay=lay, b=b: paged_case(c, d, f, lay, t, b)))
-        cases.append(_skip(f"{d}/nccl", d, NCCL_WHY))
+        cases += _paged_cases(ctx, d, batchings) + [_skip(f"{d}/nccl", d, NCCL_WHY)]
     return cases
 
 
@@ -285,14 +291,7 @@ def plan(ctx: RunContext) -> list[Case]:
     from kvbench.tiers.remote import BATCHING
 
     sample_bytes(ctx), chunk_bytes(ctx), budget_s(ctx), _peer(ctx), transport(ctx.options)  # a bad --set fails here
-    t, cases = ctx.tokens_per_page, []
-    for d in DIRECTIONS:
-        for f in ctx.formats:
-            for lay in ctx.layouts:
-                spec = PageSpec(ctx.model, get_format(f), t, lay)
-                for b in BATCHING:
-                    cases.append(Case(_name(d, spec, b, "paged"), {"direction": d, "batching": b},
-                                      lambda c, d=d, f=f, lay=lay, b=b: paged_case(c, d, f, lay, t, b)))
+    cases = [c for d in DIRECTIONS for c in _paged_cases(ctx, d, BATCHING)]
     f = ctx.formats[0]
     for tok in SWEEP_TOKENS_QUICK if ctx.quick else SWEEP_TOKENS:
         spec = PageSpec(ctx.model, get_format(f), tok, "layer")

@@ -41,6 +41,8 @@ class RunContext:
     nvme_dir: folder for NVMe-backed files (the caller owns its cleanup).
     options: benchmark-specific settings (from --set key=value), strings.
     environment: kvbench.env.collect_environment() output, read once.
+    formats_given: the formats were chosen (--format), not the defaults (a benchmark
+    that is cheap in every format, accuracy, then covers them all).
     """
 
     cuda: bool
@@ -55,6 +57,7 @@ class RunContext:
     seed: int = 0
     options: dict[str, str] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    formats_given: bool = True
     #: results of cases already run in this run (ceilings, earlier benches)
     done: list[dict[str, Any]] = field(default_factory=list)
     #: set by the runner when a CUDA error left the context unusable (later cases skip)

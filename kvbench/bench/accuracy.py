@@ -9,6 +9,9 @@ Cases:
     speed/<format>     GB/s of the Triton quantize / dequantize kernels and % of a
                        same-run device-to-device copy (GPU only; skipped otherwise).
 
+Formats: every registered format (kvbench.spec.FORMATS) when the run context says
+--format was not given (``formats_given`` False), else the context's formats.
+
 Options (--set): accuracy.sources=synthetic,llama_random; accuracy.tokens=N;
 accuracy.speed=0 to leave out the speed cases.
 """
@@ -40,7 +43,11 @@ def _model(ctx: RunContext):
 
 
 def _formats(ctx: RunContext) -> list[str]:
-    names = list(ctx.formats) or list(FORMATS)
+    """The formats to measure: every registered format (kvbench.spec.FORMATS, mxfp4 and the
+    fp8 variants included: accuracy is cheap) unless the user chose formats; then those.
+    The context says whether they chose (``RunContext.formats_given``); an empty list
+    means every format too."""
+    names = list(ctx.formats) if ctx.formats_given and ctx.formats else list(FORMATS)
     for n in names:
         get_format(n)
     return names

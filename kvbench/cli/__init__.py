@@ -1,4 +1,4 @@
-"""kvbench's command line: ``info``, ``run``, ``size`` (and ``report``, ``compare``).
+"""kvbench's command line: ``info``, ``run``, ``size``, ``claims`` (and ``report``, ``compare``).
 
 Bad input exits 2 with one line (``kvbench: error: ...``), never a traceback.
 """
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kvbench.sizing.cli import add_parser as add_size
 
     add_size(sub)
+    from kvbench.claims.cli import add_parser as add_claims
+
+    add_claims(sub)
     add_report_parsers(sub)
     return p
 

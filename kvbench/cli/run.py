@@ -126,6 +126,7 @@ def _run_here(args: argparse.Namespace, settings: dict[str, Any], group: dict[st
             cuda=plan_cuda, quick=quick, model=model, formats=formats,
             tokens_per_page=args.tokens_per_page, layouts=layouts, nvme_dir=nvme_dir,
             warmup=warmup, samples=samples, seed=args.seed, options=options, environment=env,
+            formats_given=args.format is not None,
         )
         if args.dry_run:
             return print_plan(benches, ctx, args.cases)

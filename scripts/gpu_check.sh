@@ -9,11 +9,13 @@
 # (so a stage cut short by the deadline keeps every earlier stage's file):
 #
 #   identity.json   stage 0: `kvbench info --json`, nvidia-smi (-q -d PCIE,CLOCK,MEMORY and
-#                   plain), versions (python, torch, triton, CUDA, driver, bindings), the
+#                   plain), versions (python, torch, triton, CUDA, driver, bindings, cuFile),
+#                   which GPUDirect Storage path would run (kvbench.gds.gds_status), the
 #                   disk under the nvme dir (df, findmnt), `ulimit -l`
 #   stage1-tests.log stage 1: store round trips hbm<->dram<->nvme (tests/test_store.py), a
 #                   batched-copy probe (cuMemcpyBatchAsync, both directions), the GPU-marked
-#                   tests (compiled Triton kernels against their torch references)
+#                   tests (compiled Triton kernels against their torch references, a cuFile
+#                   round trip hbm->nvme->hbm)
 #   transfer.json   stage 2: paged KV bandwidth subset with its same-run ceilings
 #   decode.json     stage 3: decode tokens/s, fp16 / fp8_e4m3 / nvfp4 from hbm, dram_prefetch,
 #                   dram_zero_copy, nvme
@@ -96,17 +98,22 @@ PROBE=(--bench transfer --full --format fp16 --layout layer --samples 3 --warmup
 # and 32 staging chunks of 8 MiB for nvme->hbm, so the pipeline's fill and drain are ~3%.
 # Samples: 6 after 2 warm-ups instead of the full default 10 after 3: a case's setup
 # (pinned pools of 2 GiB, random data, verification) costs more than its samples, and a
-# per_page sample of 16384 launches runs behind a GPU sleep twice its enqueue time; 52
+# per_page sample of 16384 launches runs behind a GPU sleep twice its enqueue time; 56
 # cases at 13 runs each would not fit the cap. Every case samples its paired ceiling (and
 # fio, for file cases) alternately for transfer.budget_s = 1 s (at least 6 pairs), so a
 # case that does not reach +-5% in that second is flagged unstable, not slowed down.
+# GPUDirect Storage: nvme->hbm and hbm->nvme through cuFile, layer layout, the deepest
+# queue depth (64) only, each paired with the staged pinned pipeline (reads) and the
+# file's sequential O_DIRECT read or write; config.gds_path says whether GDS proper or
+# cuFile's compatibility mode (POSIX through host bounce buffers) ran.
 TRANSFER=(--bench transfer --full --format fp16 --samples 6 --warmup 2
           --set transfer.bytes=1GiB --set transfer.ceiling_bytes=1GiB --set transfer.file_bytes=256MiB
           --cases '^ceiling/'
           --cases '^(dram->hbm|hbm->dram)/(layer|block)/fp16/(per_page|batched|coalesced|triton)$'
           --cases '^dram<->hbm/(layer|block)/'
           --cases '^hbm->hbm/(layer|block)/'
-          --cases '^nvme->hbm/'
+          --cases '^nvme->hbm/(layer|block)/fp16$'
+          --cases '^(nvme->hbm|hbm->nvme)/layer/fp16/[0-9]+tok/cufile/qd64$'
           --set transfer.budget_s=1 --set transfer.queue_depths=1,16,64
           --cases '^nvme->dram/layer/fp16/odirect/qd(1|16|64)/cold$'
           --cases '^sweep/[^/]+/(16|256|1024)tok(/|$)')
@@ -213,7 +220,8 @@ doc["nvidia_smi_q"] = run(["nvidia-smi", "-q", "-d", "PCIE,CLOCK,MEMORY"])
 doc["nvidia_smi"] = run(["nvidia-smi"])
 save()
 v = {"python": sys.version, "platform": platform.platform()}
-for dist in ("torch", "triton", "cuda-bindings", "cuda-python", "nvidia-ml-py", "transformers"):
+for dist in ("torch", "triton", "cuda-bindings", "cuda-python", "nvidia-cufile", "kvikio-cu13", "nvidia-ml-py",
+             "transformers"):
     try:
         v[dist] = md.version(dist)
     except md.PackageNotFoundError:
@@ -230,6 +238,8 @@ except Exception as exc:  # noqa: BLE001 - recorded, not fatal
 drv = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
 v["driver"] = (drv.get("stdout") or [None])[0] if drv.get("rc") == 0 else drv.get("error", drv.get("stderr"))
 doc["versions"] = v
+save()
+doc["gds_status"] = run([sys.executable, "-c", "from kvbench.gds import gds_status; print(gds_status())"], timeout=20)
 save()
 doc["disk"] = {"df": run(["df", "-hT", nvme]), "findmnt": run(["findmnt", "-T", nvme])}
 doc["ulimit_l"] = run(["bash", "-c", "ulimit -l"])

@@ -10,7 +10,9 @@ Cases (``kind`` in each case's config):
                tiers: kvbench.tiers.base.TIER_KINDS); file reads
                cold (page cache dropped and checked with mincore before every sample)
                or warm, each with the same file's own sequential read or write
-               measured in the same case as its ceiling.
+               measured in the same case as its ceiling; nvme->hbm and hbm->nvme
+               also through cuFile (GPUDirect Storage, or cuFile's compatibility
+               mode, said which: ``gds``), against the staged pinned pipeline.
   ``sweep``    page size from 16 to 1024 tokens per page.
   ``overlap``  copies while a matmul runs on another stream (copy rate and the
                matmul's slowdown).
@@ -30,6 +32,7 @@ from kvbench.bench.transfer.common import (BENCH_KEY, GPU_DIRECTIONS, SWEEP_TOKE
                                            _kinds, budget_s, ceiling_bytes, depth_sweep, file_bytes,
                                            fio_wanted, sample_bytes)
 from kvbench.bench.transfer.files import file_read_case, file_write_case
+from kvbench.bench.transfer.gds import plan_gds
 from kvbench.bench.transfer.gpu import ceiling_case, gpu_paged_case, nvme_to_hbm_case, overlap_case
 from kvbench.results import skipped_case
 
@@ -89,6 +92,7 @@ def _plan_gpu(ctx: RunContext, cases: list[Case]) -> None:
             cases.append(Case(f"nvme->hbm/{lay}/{f}", {},
                               lambda c, f=f, lay=lay: nvme_to_hbm_case(c, f, lay, max(depths)),
                               footprint=lambda c, f=f, lay=lay: fp.nvme_to_hbm(c, f, lay)))
+    plan_gds(ctx, cases, max(depths))  # the same directions through cuFile
 
 
 def _plan_files(ctx: RunContext, cases: list[Case]) -> None:
@@ -157,6 +161,7 @@ def plan(ctx: RunContext) -> list[Case]:
                 BENCH_KEY, f"{d}/*", {"direction": d, "kind": "paged"}, why)))
         cases.append(Case("overlap/*", {"kind": "overlap"}, lambda c, why=why: skipped_case(
             BENCH_KEY, "overlap/*", {"kind": "overlap"}, why)))
+        plan_gds(ctx, cases, max(depth_sweep(ctx)))  # by name, each a skip saying why
     else:
         _plan_gpu(ctx, cases)
     _plan_files(ctx, cases)
@@ -170,8 +175,8 @@ BENCH = Benchmark(
     plan=plan,
     headline="gbps",
     headline_unit="GB/s",
-    columns=("pct_of_ceiling", "ceiling_gbps", "pct_of_fio", "fio_gbps", "pct_of_physical_limit",
-             "physical_limit_gbps", "matmul_slowdown_pct"),
+    columns=("pct_of_ceiling", "ceiling_gbps", "pct_of_staged", "pct_of_fio", "fio_gbps",
+             "pct_of_physical_limit", "physical_limit_gbps", "matmul_slowdown_pct"),
     plots=(Plot("transfer_bandwidth.png", plots.plot_bandwidth), Plot("transfer_page_sweep.png", plots.plot_sweep)),
     highlights=plots.highlights,
     options={

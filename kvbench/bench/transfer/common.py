@@ -16,7 +16,7 @@ from kvbench.units import MiB
 
 BENCH_KEY = "transfer"
 
-GPU_DIRECTIONS = ("dram->hbm", "hbm->dram", "dram<->hbm", "hbm->hbm", "nvme->hbm")
+GPU_DIRECTIONS = ("dram->hbm", "hbm->dram", "dram<->hbm", "hbm->hbm", "nvme->hbm", "hbm->nvme")
 FILE_DIRECTIONS = ("nvme->dram", "dram->nvme")
 SWEEP_TOKENS = (16, 32, 64, 128, 256, 512, 1024)
 SWEEP_TOKENS_QUICK = (16, 64, 256, 1024)

@@ -106,6 +106,28 @@ def nvme_to_hbm(ctx: RunContext, fmt: str, layout: str) -> dict[str, int]:
             "pinned": 2 * chunk, "pageable": 3 * n * pb + n * stride + n * pb}
 
 
+def gds_read(ctx: RunContext, fmt: str, layout: str) -> dict[str, int]:
+    """gds.gds_read_case, n pages of ``transfer.file_bytes``: the file pool (2n strided
+    rows); on the device the 2n-row destination pool (at the file's stride), the staged
+    pipeline's two chunks (at most 8 MiB of rows or one row each) and page ids, and the
+    n pages read back; pinned, the pipeline's two staging chunks; pageable, the fill data
+    (2n pages, n kept), the ceiling's n-row destination and the n pages read back."""
+    n, pb, stride = _file_pages(ctx, fmt, layout, ctx.tokens_per_page, "nvme->hbm")
+    chunk = max(1, min(n, (8 * MiB) // stride)) * stride
+    return {"file": 2 * n * stride, "device": 2 * n * stride + 2 * chunk + 8 * n + n * pb,
+            "pinned": 2 * chunk, "pageable": 3 * n * pb + n * stride + n * pb}
+
+
+def gds_write(ctx: RunContext, fmt: str, layout: str) -> dict[str, int]:
+    """gds.gds_write_case, n pages of ``transfer.file_bytes``: the file pool (2n strided
+    rows); on the device the n-row source pool (at the file's stride) and the n random
+    pages; pinned, the ceiling's n-row source; pageable, the 2n pages the file is filled
+    with, the n rows read back and the n pages they are compared with."""
+    n, pb, stride = _file_pages(ctx, fmt, layout, ctx.tokens_per_page, "hbm->nvme")
+    return {"file": 2 * n * stride, "device": n * stride + n * pb, "pinned": n * stride,
+            "pageable": 2 * n * pb + n * stride + n * pb}
+
+
 def overlap(ctx: RunContext, direction: str) -> dict[str, int]:
     """gpu.overlap_case: the pools of n pages of ``transfer.bytes`` (``_pools``) and
     the bf16 matmul's 4096 x 4096 input and output on the device."""

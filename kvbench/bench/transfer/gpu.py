@@ -291,34 +291,44 @@ def nvme_to_hbm_case(ctx: RunContext, fmt: str, layout: str, depth: int) -> dict
         nvme.close()
 
 
+def staged_pipeline(src: Any, dst: Any, src_ids: list[int], dst_ids: list[int], pool: Any) -> Callable[[], None]:
+    """nvme->hbm through pinned staging: O_DIRECT page reads (``pool``'s depth) into two
+    pinned slots of 8 MiB of rows, each copied to HBM and scattered into the destination
+    pages on one stream while the other fills (kvbench.measure.staged)."""
+    import torch
+
+    from kvbench.measure import staged
+    from kvbench.tiers.dram import aligned_host_empty
+
+    n, pb, stride = len(src_ids), src.page_bytes, src.stride
+    chunk = max(1, min(n, (8 * MiB) // stride))
+    slots = [aligned_host_empty(chunk * stride, pin=True).view(chunk, stride) for _ in range(2)]
+    dev = [torch.empty(chunk, stride, dtype=torch.uint8, device="cuda") for _ in range(2)]
+    done = [torch.cuda.Event() for _ in range(2)]
+    stream = _cuda_stream()
+    idx = torch.tensor(dst_ids, dtype=torch.long, device="cuda")
+
+    def hand_on(c: staged.Chunk):
+        with torch.cuda.stream(stream):
+            dev[c.slot][:c.rows].copy_(slots[c.slot][:c.rows], non_blocking=True)
+            dst.tensor[:, :pb].index_copy_(0, idx[c.start: c.start + c.rows], dev[c.slot][:c.rows, :pb])
+            done[c.slot].record(stream)
+        return done[c.slot]
+    chunks = staged.page_chunks(src.file(), stride, src_ids, slots, "odirect", pool, pb, chunk)
+    return staged.StagedReader(chunks, 2, hand_on)
+
+
 def _nvme_to_hbm(ctx, spec, n, cfg, rng, src, dst, depth):
     import torch
 
-    from kvbench.measure import paired, staged
-    from kvbench.tiers.dram import aligned_host_empty
+    from kvbench.measure import paired
 
     direction = "nvme->hbm"
     src_ids, dst_ids = rng.sample(range(2 * n), n), rng.sample(range(2 * n), n)
     data = _fill_file_pool(src, 2 * n, spec.page_bytes, True)[src_ids]
     f = src.file()
-    chunk = max(1, min(n, (8 * MiB) // src.stride))
-    staging = [aligned_host_empty(chunk * src.stride, pin=True).view(chunk, src.stride) for _ in range(2)]
-    dev_stage = [torch.empty(chunk, src.stride, dtype=torch.uint8, device="cuda") for _ in range(2)]
-    done = [torch.cuda.Event() for _ in range(2)]
-    stream = _cuda_stream()
     pool = ThreadPoolExecutor(depth)
-    dst_idx = torch.tensor(dst_ids, dtype=torch.long, device="cuda")
-
-    def hand_on(c: staged.Chunk):
-        with torch.cuda.stream(stream):
-            dev_stage[c.slot][:c.rows].copy_(staging[c.slot][:c.rows], non_blocking=True)
-            dst.tensor[:, : spec.page_bytes].index_copy_(
-                0, dst_idx[c.start: c.start + c.rows], dev_stage[c.slot][:c.rows, : spec.page_bytes])
-            done[c.slot].record(stream)
-        return done[c.slot]
-
-    run = staged.StagedReader(staged.page_chunks(f, src.stride, src_ids, staging, "odirect", pool,
-                                                 spec.page_bytes, chunk), 2, hand_on)
+    run = staged_pipeline(src, dst, src_ids, dst_ids, pool)
     resid: list[float] = []
     try:
         ceiling, note, keep = _read_ceiling(f, n * src.stride, None, "odirect", "cold", pool, src.stride)

@@ -321,3 +321,31 @@ def test_round_trips_cover_every_growing_component(tmp_path):
     case = next(c for c in R.plan(ctx) if c.name == "dram<->nvme/layer/hca_entries").run(ctx)
     assert case["status"] == "ok" and case["config"]["component"] == "hca_entries"
     assert case["config"]["tokens_per_page"] == 16 * 128 and case["config"]["page_bytes"] == 16 * 512 * 2
+
+
+def test_transfer_reads_each_growing_components_pages(tmp_path):
+    from kvbench.bench import RunContext
+    from kvbench.bench import transfer as T
+
+    def ctx(model):
+        return RunContext(cuda=False, quick=True, model=load_model(model), formats=["fp8_e4m3"], tokens_per_page=16,
+                          layouts=["layer"], nvme_dir=tmp_path, warmup=0, samples=2,
+                          options={"transfer.budget_s": "0.2", "transfer.file_bytes": "1MiB", "transfer.fio": "off"})
+    comp = [c for c in T.plan(ctx("DeepSeek-V3.2")) if "/indexer_keys/" in c.name]
+    assert [c.name for c in comp] == ["nvme->dram/layer/indexer_keys/fp8_e4m3/16tok/odirect/qd64/cold"]
+    assert not [c for c in T.plan(ctx("Llama-3.1-8B")) if "/kv/" in c.name]  # one component: none extra
+    case = comp[0].run(ctx("DeepSeek-V3.2"))
+    if case["status"] == "skipped":  # a folder without O_DIRECT (tmpfs)
+        assert "O_DIRECT" in case["reason"]
+        return
+    assert case["status"] == "ok" and case["name"] == comp[0].name, case.get("reason")
+    # 16 indexer keys of index_head_dim 128 in fp8_e4m3 (1 B each, plus the format's scales)
+    cfg = case["config"]
+    assert cfg["component"] == "indexer_keys" and cfg["entries_per_page"] == 16 and cfg["tokens_per_entry"] == 1
+    assert cfg["page_bytes"] == 16 * get_format_bytes("fp8_e4m3", 128)
+
+
+def get_format_bytes(fmt: str, n: int) -> int:
+    from kvbench.spec import get_format
+
+    return get_format(fmt).vector_bytes(n)

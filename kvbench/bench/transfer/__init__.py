@@ -14,6 +14,10 @@ Cases (``kind`` in each case's config):
                also through cuFile (GPUDirect Storage, or cuFile's compatibility
                mode, said which: ``gds``), against the staged pinned pipeline.
   ``sweep``    page size from 16 to 1024 tokens per page.
+  components   a model's other growing KV components (indexer keys, compressed
+               entries): cold O_DIRECT reads of each one's own pages.
+  ``remote/*`` the remote tier's directions: measured by the remote benchmark in a
+               launched group (the case says so).
   ``overlap``  copies while a matmul runs on another stream (copy rate and the
                matmul's slowdown).
 Bytes counted: payload bytes moved, once (a copy counts what it moves, not read plus
@@ -121,6 +125,21 @@ def _plan_files(ctx: RunContext, cases: list[Case]) -> None:
                         file_write_case(c, f, lay, m, th), lambda c, f=f, lay=lay: fp.file_write(c, f, lay))
 
 
+def _plan_components(ctx: RunContext, cases: list[Case]) -> None:
+    """A model with further KV components that grow with context (MLA's indexer keys,
+    DeepSeek-V4's compressed entries and their indexer keys): cold O_DIRECT reads of each
+    one's own pages (PageSpec.component), first format, every layout, the deepest queue
+    depth; page bytes, not what the bytes mean, set the rate, so one method is enough."""
+    f, t, depth = ctx.formats[0], ctx.tokens_per_page, max(depth_sweep(ctx))
+    m = movers.copy_method("odirect")
+    for comp in (c.name for c in ctx.model.components[1:] if c.grows):
+        for lay in ctx.layouts:
+            name = f"nvme->dram/{lay}/{comp}/{f}/{t}tok/odirect/qd{depth}/cold"
+            cases.append(_method_case(ctx, name, m, lambda c, lay=lay, comp=comp: file_read_case(
+                c, f, lay, t, "odirect", depth, "cold", component=comp),
+                lambda c, lay=lay, comp=comp: fp.file_read(c, f, lay, t, "cold", comp)))
+
+
 def _plan_sweeps(ctx: RunContext, cases: list[Case]) -> None:
     """Page size swept (first format, per-layer layout: the small-page case), for the
     methods that declare it; then copies beside a matmul (the methods that declare it)."""
@@ -146,6 +165,19 @@ def _plan_sweeps(ctx: RunContext, cases: list[Case]) -> None:
                     lambda c, d=d: fp.overlap(c, d))
 
 
+#: where the remote tier's directions are measured (they need a peer rank serving pages)
+REMOTE_WHY = ("the remote tier's directions (remote->dram, dram->remote, remote->hbm, hbm->remote) are the "
+              "remote benchmark's cases, per format, layout, batching and page size against the same-run "
+              "contiguous send/recv: they need a peer rank holding the pages (kvbench run --bench remote "
+              "--ranks 2, or torchrun; README: Beyond one machine)")
+
+
+def _plan_remote(cases: list[Case]) -> None:
+    """The remote tier in this benchmark's plan: one case naming where it is measured."""
+    cfg = {"direction": "remote", "kind": "paged"}
+    cases.append(Case("remote/*", cfg, lambda c: skipped_case(BENCH_KEY, "remote/*", cfg, REMOTE_WHY)))
+
+
 def plan(ctx: RunContext) -> list[Case]:
     """Every case, the copy methods taken from kvbench.movers.COPY_METHODS by the kinds
     of the tiers each direction moves between."""
@@ -165,7 +197,9 @@ def plan(ctx: RunContext) -> list[Case]:
     else:
         _plan_gpu(ctx, cases)
     _plan_files(ctx, cases)
+    _plan_components(ctx, cases)
     _plan_sweeps(ctx, cases)
+    _plan_remote(cases)
     return cases
 
 

@@ -105,8 +105,11 @@ def _cfg(ctx: RunContext, direction: str, spec: PageSpec, method: str, n: int, k
 
 def _name(direction: str, spec: PageSpec, method: str, depth: int | None = None,
           cache: str | None = None, kind: str = "paged") -> str:
-    """Unique within the bench: sweep cases carry their kind in front."""
-    parts = ([kind] if kind != "paged" else []) + [direction, spec.layout, spec.fmt.name,
+    """Unique within the bench: sweep cases carry their kind in front; pages of a model's
+    other KV component (PageSpec.component) its name after the layout, ``tok`` then
+    counting that component's entries per page."""
+    comp = [spec.component] if spec.component else []
+    parts = ([kind] if kind != "paged" else []) + [direction, spec.layout, *comp, spec.fmt.name,
                                                    f"{spec.tokens}tok", method]
     if depth is not None:
         parts.append(f"qd{depth}")

@@ -123,12 +123,13 @@ def _read_ceiling(f: Any, nbytes: int, out: Any, method: str, cache: str, pool: 
 
 
 def file_read_case(ctx: RunContext, fmt: str, layout: str, tokens: int, method: str,
-                   depth: int, cache: str, kind: str = "paged") -> dict[str, Any]:
+                   depth: int, cache: str, kind: str = "paged", component: str = "") -> dict[str, Any]:
     """nvme->dram: scattered pages of a file read into host rows at queue depth
     ``depth``. Sampled alternately with, in the same case: its ceiling (``_read_ceiling``:
     the same bytes of the same file read sequentially, cold, or warm as a copy out of
     the page cache into the same buffer) and fio on the same file (same block size,
-    depth, direction and O_DIRECT)."""
+    depth, direction and O_DIRECT). ``component``: pages of that KV component of the
+    model instead of its primary one (PageSpec.component)."""
     import torch
 
     from kvbench.measure.paired import host_arm
@@ -136,7 +137,7 @@ def file_read_case(ctx: RunContext, fmt: str, layout: str, tokens: int, method: 
     from kvbench.tiers.dram import aligned_host_empty
 
     direction = "nvme->dram"
-    spec = PageSpec(ctx.model, get_format(fmt), tokens, layout)
+    spec = PageSpec(ctx.model, get_format(fmt), tokens, layout, component)
     n = _pages_for(spec, sample_bytes(ctx, direction))
     cfg = _cfg(ctx, direction, spec, method, n, kind, depth=depth)
     cfg["cache_state"] = cache

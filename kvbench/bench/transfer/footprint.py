@@ -26,19 +26,19 @@ def _host(ctx: RunContext) -> str:
     return "pinned" if ctx.cuda else "pageable"
 
 
-def _file_pages(ctx: RunContext, fmt: str, layout: str, tokens: int, direction: str):
-    spec = PageSpec(ctx.model, get_format(fmt), tokens, layout)
+def _file_pages(ctx: RunContext, fmt: str, layout: str, tokens: int, direction: str, component: str = ""):
+    spec = PageSpec(ctx.model, get_format(fmt), tokens, layout, component)
     n = _pages_for(spec, sample_bytes(ctx, direction))
     return n, spec.page_bytes, align_up(spec.page_bytes, FILE_ALIGN)
 
 
-def file_read(ctx: RunContext, fmt: str, layout: str, tokens: int, cache: str) -> dict[str, int]:
+def file_read(ctx: RunContext, fmt: str, layout: str, tokens: int, cache: str, component: str = "") -> dict[str, int]:
     """files.file_read_case, n pages of ``transfer.file_bytes``: the file pool of 2n
     rows of the 4 KiB-aligned stride; the n-row ``out`` buffer (pinned with CUDA); on
     pageable memory the fill data (2n pages, then the n read back kept to compare), and
     either the warm copy of the whole file (warm) or the ceiling's own n-row destination
     (cold). The page cache the file occupies is the kernel's to reclaim: not counted."""
-    n, pb, stride = _file_pages(ctx, fmt, layout, tokens, "nvme->dram")
+    n, pb, stride = _file_pages(ctx, fmt, layout, tokens, "nvme->dram", component)
     extra = 2 * n * stride if cache == "warm" else n * stride
     return total({"file": 2 * n * stride, _host(ctx): n * stride},
                  {"pageable": 2 * n * pb + n * pb + extra})

@@ -5,7 +5,7 @@
 #
 # Needs no install and no network: the repository on PYTHONPATH and the machine's python3
 # with torch, triton, cuda-bindings, transformers, nvidia-ml-py, psutil, pytest, rich,
-# matplotlib and PyYAML. Writes at most 8 files into OUTDIR, each the moment its stage ends
+# matplotlib and PyYAML. Writes at most 9 files into OUTDIR, each the moment its stage ends
 # (so a stage cut short by the deadline keeps every earlier stage's file):
 #
 #   identity.json   stage 0: `kvbench info --json`, nvidia-smi (-q -d PCIE,CLOCK,MEMORY and
@@ -23,6 +23,8 @@
 #   prefix.json     stage 5: prefix load vs recompute at two prompt lengths
 #   e2e.json        stage 6: Llama-3.1-8B (random weights) generating through DynamicCache,
 #                   its offloading variant and kvbench's cache (all-HBM, HBM window + DRAM)
+#   remote.json     stage 7: two ranks (--ranks 2, gloo): round trips hbm/dram<->remote,
+#                   remote->dram, remote->hbm and hbm->remote through pinned host memory
 #   run.log         per stage: exit code, duration, the tail of its output (bench logs go here)
 #
 # A global deadline (GPU_CHECK_DEADLINE_S, default 460 s) bounds the whole run: each stage
@@ -75,7 +77,8 @@ trap 'exit 130' INT TERM
 # deadline, so if early stages use their whole cap the last ones are squeezed, never the
 # earlier ones. Decode's includes its per-case tile autotune (up to 6 Triton compiles per
 # format on a cold cache; stage 1's tests warm Triton's on-disk cache first).
-CAP_IDENTITY=30 CAP_TESTS=100 CAP_TRANSFER=120 CAP_DECODE=90 CAP_ACCURACY=35 CAP_PREFIX=35 CAP_E2E=50
+CAP_IDENTITY=30 CAP_TESTS=100 CAP_TRANSFER=110 CAP_DECODE=85 CAP_ACCURACY=30 CAP_PREFIX=30 CAP_E2E=50
+CAP_REMOTE=25
 
 # Stage 1, in this order inside its cap: the quick checks first, the long test run last.
 STORE_TESTS=(-q -ra tests/test_store.py)
@@ -149,6 +152,17 @@ E2E=(--bench e2e --model Llama-3.1-8B --format fp16,fp8_e4m3,nvfp4 --samples 2 -
      --set e2e.batch=4 --set e2e.prompt_tokens=2048 --set e2e.new_tokens=16 --set e2e.budget_s=3
      --set e2e.hot_window=256
      --cases '^(dynamic|dynamic_offload|kvbench/hbm/[^/]+|kvbench/hbm\+dram/fp16)$')
+
+# Stage 7, remote: rank 0 (the GPU) and a second rank on this host holding the pages in its
+# host memory (gloo over loopback: the software path, not a NIC). 128 MiB per sample: 2,048
+# 64 KiB pages, per_page about 0.3 s a sample (one message latency a page), coalesced
+# tens of ms; each paired with the same bytes contiguous (plus the same one H2D or D2H
+# copy for the hbm directions) for remote.budget_s = 1 s.
+REMOTE=(--bench roundtrip,remote --ranks 2 --quick --format fp16 --layout layer --samples 6
+        --set remote.bytes=128MiB --set remote.budget_s=1
+        --cases '^(hbm|dram)<->remote/'
+        --cases '^(remote->hbm|hbm->remote|remote->dram)/layer/fp16/16tok/(per_page|coalesced)$'
+        --cases '^(remote->hbm|hbm->remote)/nccl$')
 
 # ------------------------------------------------------------------------------ helpers
 FAILED=0
@@ -377,6 +391,7 @@ if [ "$CUDA_OK" = yes ]; then
   stage_bench 4 accuracy "$CAP_ACCURACY" "${ACCURACY[@]}"
   stage_bench 5 prefix "$CAP_PREFIX" "${PREFIX[@]}"
   stage_bench 6 e2e "$CAP_E2E" "${E2E[@]}"
+  stage_bench 7 remote "$CAP_REMOTE" "${REMOTE[@]}"
 else
   dry_tests
   dry_stage 2 transfer "${TRANSFER[@]}"
@@ -384,6 +399,7 @@ else
   dry_stage 4 accuracy "${ACCURACY[@]}"
   dry_stage 5 prefix "${PREFIX[@]}"
   dry_stage 6 e2e "${E2E[@]}"
+  dry_stage 7 remote "${REMOTE[@]}"
 fi
 log "gpu_check: exit $FAILED after $SECONDS s ($(ls "$OUT" | wc -l) files in $OUT)"
 tail -n 1 "$LOG"

@@ -13,7 +13,8 @@ import pytest
 from conftest import CUDA_OK, CUDA_WHY
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = {0: "identity", 1: "tests", 2: "transfer", 3: "decode", 4: "accuracy", 5: "prefix", 6: "e2e"}
+STAGES = {0: "identity", 1: "tests", 2: "transfer", 3: "decode", 4: "accuracy", 5: "prefix", 6: "e2e",
+          7: "remote"}
 
 
 @pytest.mark.skipif(CUDA_OK, reason="a CUDA device is present: the script would make its real "
@@ -38,7 +39,7 @@ def test_gpu_check_without_cuda(tmp_path):
     for n, name in STAGES.items():
         assert lines[n].group(2) == name
     assert lines[0].group(3).startswith("ok (exit 0"), log
-    for n in range(1, 6):
+    for n in range(1, len(STAGES)):
         text = lines[n].group(3)
         assert text.startswith(f"skipped (no CUDA device: {CUDA_WHY})"), text
         dry = text.split("dry run", 1)[1]

@@ -39,7 +39,11 @@ from kvbench.tiers.nvme import FileBuffer
 
 #: what ``config.gds_path`` may say: GDS proper, cuFile's compatibility mode, some
 #: requests each way, kvikio through cuFile, kvikio's own POSIX mode
-GDS_PATHS = ("cufile", "cufile-compat", "cufile-mixed", "kvikio", "kvikio-compat")
+GDS_PATHS = ("cufile", "cufile-unverified", "cufile-compat", "cufile-mixed", "kvikio", "kvikio-compat")
+#: bytes of the buffer cuFile's level-3 stats are read into: larger than any libcufile's
+#: CUfileStatsLevel3_t (5,000 B up to 1.18, 5,112 B from 1.19), so a newer library
+#: never writes past it
+STATS_BUFFER_BYTES = 16384
 #: bit positions (cufile.h): CU_FILE_NVME_SUPPORTED of CUfileDriverStatusFlags_t,
 #: CU_FILE_ALLOW_COMPAT_MODE of CUfileDriverControlFlags_t, CU_FILE_P2P_SUPPORTED of
 #: CUfileFeatureFlags_t; a flag is set when ``word & (1 << bit)`` (as kvikio's
@@ -124,12 +128,38 @@ def kvikio_decision(compat: Any) -> tuple[bool, str, str]:
     return False, "none", f"kvikio's compat_mode is {compat!r}: neither ON, OFF nor AUTO"
 
 
+def stats_layout_problem(mod: Any) -> str:
+    """Why cuFile's level-3 stats cannot be read safely here ("" when they can): the
+    binding's CUfileStatsLevel3_t must be libcufile's (libcufile 1.19 added the readv /
+    writev counters to level 1, and a binding built for the other layout reads every
+    per-GPU count at the wrong offset: cuda-python issue 2794)."""
+    try:
+        v = int(mod.get_version())
+    except Exception:  # noqa: BLE001 - any failure: the layout cannot be told
+        return "libcufile's version is unknown"
+    names = getattr(getattr(mod, "stats_level1_dtype", None), "names", None)
+    if not names or not hasattr(getattr(mod, "StatsLevel3", None), "from_ptr"):
+        return "this cuda-bindings does not describe its stats layout"
+    if any(n.startswith("readv") for n in names) != (v >= 1190):
+        return (f"cuda-bindings' CUfileStatsLevel3_t and libcufile {v // 1000}.{v % 1000 // 10}'s differ "
+                "(cuda-python issue 2794)")
+    return ""
+
+
 def observed_path(nvfs: int, p2p: int, posix: int) -> str | None:
     """The path cuFile's per-GPU request counts show (None: it counted nothing)."""
     direct = nvfs + p2p
     if direct and posix:
         return "cufile-mixed"
     return "cufile" if direct else "cufile-compat" if posix else None
+
+
+def _quietly(step: Callable[[], Any]) -> None:
+    """``step()``, any failure ignored (restoring state after another failure)."""
+    try:
+        step()
+    except Exception:  # noqa: BLE001 - best effort by design
+        pass
 
 
 # ------------------------------------------------------------------ probing this machine
@@ -204,7 +234,7 @@ class _Driver:
         since = _log_size(log)
         try:
             self.mod.driver_open()
-        except self.mod.cuFileError as exc:
+        except Exception as exc:  # noqa: BLE001 - cuFileError, or a ValueError for a code the binding lacks
             raise Skip(f"cuFileDriverOpen failed: {exc}") from None
         try:
             raw = _DrvProps()
@@ -351,14 +381,17 @@ class GdsFile:
         self._descr = descr  # alive while the handle is
         try:
             self._handle = mod.handle_register(descr.ptr)
-        except mod.cuFileError as exc:
+        except Exception as exc:  # noqa: BLE001 - cuFileError, or a ValueError for a code it lacks
             raise Skip(f"cuFileHandleRegister refused the O_DIRECT file in {self.file.tier.base_dir}: {exc}") from None
         for t in self.buffers:
             ptr, nbytes = t.data_ptr(), t.numel() * t.element_size()
+            if ptr % 4096:
+                self.notes.append(f"device buffer at {ptr:#x} is not 4 KiB aligned ({ptr % 4096} B off): "
+                                  "cuFile may move its pages through bounce buffers")
             try:
                 mod.buf_register(ptr, nbytes, 0)
                 self._registered.append(ptr)
-            except mod.cuFileError as exc:
+            except Exception as exc:  # noqa: BLE001 - cuFileError, or a ValueError for a code it lacks
                 self.notes.append(f"cuFileBufRegister of {nbytes:,} B refused ({exc}): cuFile moved "
                                   "these pages through its own device bounce buffers")
 
@@ -441,25 +474,33 @@ class GdsFile:
                  "get_stats_l3", "StatsLevel3")
         if mod is None or not all(hasattr(mod, c) for c in calls):
             fn()
-            return self.path, f"predicted ({self.reason}); no cuFile request counts from this binding"
+            return self._predicted("no cuFile request counts from this binding")
+        problem = stats_layout_problem(mod)
+        if problem:
+            fn()
+            return self._predicted(f"cuFile's counts not read: {problem}")
+        old = None
         try:
             old = mod.get_stats_level()
             mod.set_stats_level(3)
             mod.stats_reset()
             mod.stats_start()
         except Exception as exc:  # noqa: BLE001 - libcufile < 1.15
+            if old is not None:
+                _quietly(lambda: mod.set_stats_level(old))
             fn()
-            return self.path, f"predicted ({self.reason}); cuFile stats unavailable: {exc}"
+            return self._predicted(f"cuFile stats unavailable: {exc}")
         kind = "writes" if write else "reads"
         try:
             fn()
             try:
-                st = mod.StatsLevel3()
-                mod.get_stats_l3(st.ptr)
+                buf = ctypes.create_string_buffer(STATS_BUFFER_BYTES)
+                mod.get_stats_l3(ctypes.addressof(buf))
+                st = mod.StatsLevel3.from_ptr(ctypes.addressof(buf), owner=buf)
                 gpus = [st.per_gpu_stats[i] for i in range(min(int(st.num_gpus), 16))]
                 n = {k: sum(int(getattr(g, f"n_{k}_{kind}")) for g in gpus) for k in ("nvfs", "p2p", "posix")}
             except Exception as exc:  # noqa: BLE001 - the pass itself ran: only the counts are missing
-                return self.path, f"predicted ({self.reason}); cuFile's counts unreadable: {exc}"
+                return self._predicted(f"cuFile's counts unreadable: {exc}")
         finally:
             for step in (mod.stats_stop, mod.stats_reset, lambda: mod.set_stats_level(old)):
                 try:
@@ -469,5 +510,14 @@ class GdsFile:
         seen = observed_path(n["nvfs"], n["p2p"], n["posix"])
         counts = f"nvidia-fs {n['nvfs']}, P2PDMA {n['p2p']}, POSIX {n['posix']} {kind}"
         if seen is None:
-            return self.path, f"predicted ({self.reason}); cuFile counted no {kind} per GPU"
+            return self._predicted(f"cuFile counted no {kind} per GPU")
+        if min(n.values()) < 0 or max(n.values()) > 10 ** 12:
+            return self._predicted(f"cuFile's counts are implausible ({counts})")
         return seen, f"observed: cuFile's per-GPU counts in one verification pass: {counts}"
+
+    def _predicted(self, why: str) -> tuple[str, str]:
+        """What gds_status predicted, when the pass itself could not be observed; a
+        predicted GDS is ``cufile-unverified`` (cuFile may still have fallen back to its
+        compatibility mode for this file's filesystem)."""
+        path = "cufile-unverified" if self.path == "cufile" else self.path
+        return path, f"predicted ({self.reason}); {why}"

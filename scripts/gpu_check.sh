@@ -77,8 +77,8 @@ trap 'exit 130' INT TERM
 # deadline, so if early stages use their whole cap the last ones are squeezed, never the
 # earlier ones. Decode's includes its per-case tile autotune (up to 6 Triton compiles per
 # format on a cold cache; stage 1's tests warm Triton's on-disk cache first).
-CAP_IDENTITY=30 CAP_TESTS=100 CAP_TRANSFER=110 CAP_DECODE=85 CAP_ACCURACY=30 CAP_PREFIX=30 CAP_E2E=50
-CAP_REMOTE=25
+CAP_IDENTITY=30 CAP_TESTS=90 CAP_TRANSFER=105 CAP_DECODE=85 CAP_ACCURACY=30 CAP_PREFIX=30 CAP_E2E=50
+CAP_REMOTE=40
 
 # Stage 1, in this order inside its cap: the quick checks first, the long test run last.
 STORE_TESTS=(-q -ra tests/test_store.py)
@@ -154,12 +154,13 @@ E2E=(--bench e2e --model Llama-3.1-8B --format fp16,fp8_e4m3,nvfp4 --samples 2 -
      --cases '^(dynamic|dynamic_offload|kvbench/hbm/[^/]+|kvbench/hbm\+dram/fp16)$')
 
 # Stage 7, remote: rank 0 (the GPU) and a second rank on this host holding the pages in its
-# host memory (gloo over loopback: the software path, not a NIC). 128 MiB per sample: 2,048
-# 64 KiB pages, per_page about 0.3 s a sample (one message latency a page), coalesced
+# host memory (gloo over loopback: the software path, not a NIC). 64 MiB per sample: 1,024
+# 64 KiB pages, per_page about 0.15 s a sample (one message latency a page), coalesced
 # tens of ms; each paired with the same bytes contiguous (plus the same one H2D or D2H
-# copy for the hbm directions) for remote.budget_s = 1 s.
+# copy for the hbm directions) for remote.budget_s = 1 s (at least 6 pairs); two ranks
+# start in about 10 s (torch, CUDA, gloo), 6 paged cases and 2 round trips follow.
 REMOTE=(--bench roundtrip,remote --ranks 2 --quick --format fp16 --layout layer --samples 6
-        --set remote.bytes=128MiB --set remote.budget_s=1
+        --set remote.bytes=64MiB --set remote.budget_s=1
         --cases '^(hbm|dram)<->remote/'
         --cases '^(remote->hbm|hbm->remote|remote->dram)/layer/fp16/16tok/(per_page|coalesced)$'
         --cases '^(remote->hbm|hbm->remote)/nccl$')

@@ -102,10 +102,14 @@ def fake_cufile(nvfs=(0, 0), status=0, control=COMPAT_BIT, features=0, force=Fal
     def get_stats_l3(ptr):
         pass
 
-    mod.StatsLevel3 = lambda: types.SimpleNamespace(
-        ptr=0, num_gpus=1, per_gpu_stats=[types.SimpleNamespace(
+    def stats_from_ptr(ptr, readonly=False, owner=None):
+        return types.SimpleNamespace(num_gpus=1, per_gpu_stats=[types.SimpleNamespace(
             n_nvfs_reads=0, n_p2p_reads=0, n_posix_reads=mod.posix[0], n_nvfs_writes=0, n_p2p_writes=0,
             n_posix_writes=mod.posix[1])])
+    # the binding's layout as cuda-bindings >= 13.4 describes it (level 1 has the readv
+    # counters of libcufile >= 1.19; get_version says 1.20)
+    mod.StatsLevel3 = types.SimpleNamespace(from_ptr=stats_from_ptr)
+    mod.stats_level1_dtype = types.SimpleNamespace(names=("read_ops", "write_ops", "readv_ops"))
     level = [0]
     mod.__dict__.update(
         driver_open=driver_open, driver_close=lambda: mod.calls.append("close"), driver_get_properties=get_properties,
@@ -335,3 +339,27 @@ def test_cufile_round_trip_hbm_nvme_hbm_is_bit_exact():
             pool.shutdown()
         assert torch.equal(dst.read_pages(back), data)
         assert seen_w in gds.GDS_PATHS and seen_r in gds.GDS_PATHS, (how_w, how_r)
+
+
+def test_stats_are_read_only_when_the_binding_and_library_layouts_agree():
+    """cuda-python issue 2794: a binding built for the other CUfileStatsLevel3_t reads
+    every per-GPU count at the wrong offset; kvbench then keeps the prediction, and a
+    predicted GDS is labelled cufile-unverified."""
+    from kvbench.gds import stats_layout_problem
+
+    mod = fake_cufile()
+    assert stats_layout_problem(mod) == ""
+    mod.get_version = lambda: 1180  # libcufile 1.18: the shorter layout
+    assert "differ (cuda-python issue 2794)" in stats_layout_problem(mod)
+    del mod.stats_level1_dtype
+    assert stats_layout_problem(mod) == "this cuda-bindings does not describe its stats layout"
+
+
+def test_a_predicted_gds_path_is_never_reported_as_observed():
+    from kvbench.gds import GDS_PATHS, GdsFile
+
+    g = GdsFile(None)
+    g.path, g.reason = "cufile", "nvidia-fs 2.20 loaded"
+    assert g._predicted("no counts") == ("cufile-unverified", "predicted (nvidia-fs 2.20 loaded); no counts")
+    g.path = "cufile-compat"
+    assert g._predicted("no counts")[0] == "cufile-compat" and "cufile-unverified" in GDS_PATHS

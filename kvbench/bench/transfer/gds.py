@@ -78,7 +78,10 @@ def _check_pages(got: Any, data: Any, what: str) -> None:
 def _path_notes(g: Any, seen: str, how: str) -> list[str]:
     """What ran, said plainly: GDS proper, or cuFile's compatibility mode (not GDS)."""
     notes = [f"gds_path {seen}: {how}; {g.backend}"]
-    if seen != "cufile":
+    if seen == "cufile-unverified":
+        notes.append("GPUDirect Storage predicted by cuFile's driver properties, not observed: cuFile may have "
+                     "run this file through its compatibility mode (host bounce buffers)")
+    elif seen != "cufile":
         notes.append(f"not GPUDirect Storage ({seen}): some or all bytes went through host bounce "
                      "buffers by POSIX I/O inside the library")
     return notes + g.notes

@@ -328,9 +328,9 @@ def _nvme_to_hbm(ctx, spec, n, cfg, rng, src, dst, depth):
     data = _fill_file_pool(src, 2 * n, spec.page_bytes, True)[src_ids]
     f = src.file()
     pool = ThreadPoolExecutor(depth)
-    run = staged_pipeline(src, dst, src_ids, dst_ids, pool)
     resid: list[float] = []
     try:
+        run = staged_pipeline(src, dst, src_ids, dst_ids, pool)
         ceiling, note, keep = _read_ceiling(f, n * src.stride, None, "odirect", "cold", pool, src.stride)
         arms = {"paged": paired.host_arm(run, n * spec.page_bytes, setup=lambda: resid.append(f.drop_cache())),
                 "ceiling": ceiling}

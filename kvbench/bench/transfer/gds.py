@@ -8,7 +8,7 @@ compatibility mode, which is POSIX I/O through host bounce buffers and never cal
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from kvbench import movers
 from kvbench.bench import Case, RunContext, Skip, odirect_tier_or_skip, tier_or_skip
@@ -67,6 +67,19 @@ def _pools(ctx: RunContext, spec: PageSpec, file_pages: int, hbm_pages: int) -> 
     return nvme, fpool, hpool
 
 
+def _in_pools(ctx: RunContext, spec: PageSpec, n: int, hbm_pages: int,
+              body: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    """``body(file pool, HBM pool)`` with a file pool of 2n pages and an HBM pool of
+    ``hbm_pages`` (_pools), all closed after."""
+    nvme, fpool, hpool = _pools(ctx, spec, 2 * n, hbm_pages)
+    try:
+        return body(fpool, hpool)
+    finally:
+        fpool.close()
+        hpool.close()
+        nvme.close()
+
+
 def _check_pages(got: Any, data: Any, what: str) -> None:
     import torch
 
@@ -94,13 +107,7 @@ def gds_read_case(ctx: RunContext, fmt: str, layout: str, depth: int) -> dict[st
     file's sequential O_DIRECT read, cold (files._read_ceiling)."""
     spec = PageSpec(ctx.model, get_format(fmt), ctx.tokens_per_page, layout)
     n = _pages_for(spec, sample_bytes(ctx, READ))
-    nvme, src, dst = _pools(ctx, spec, 2 * n, 2 * n)
-    try:
-        return _read(ctx, spec, n, src, dst, depth)
-    finally:
-        src.close()
-        dst.close()
-        nvme.close()
+    return _in_pools(ctx, spec, n, 2 * n, lambda f, h: _read(ctx, spec, n, f, h, depth))
 
 
 def _read(ctx: RunContext, spec: PageSpec, n: int, src: Any, dst: Any, depth: int) -> dict[str, Any]:
@@ -154,13 +161,7 @@ def gds_write_case(ctx: RunContext, fmt: str, layout: str, depth: int) -> dict[s
     + fdatasync, the faster of 4 MiB and page-sized requests in two untimed looks."""
     spec = PageSpec(ctx.model, get_format(fmt), ctx.tokens_per_page, layout)
     n = _pages_for(spec, sample_bytes(ctx, WRITE))
-    nvme, dst, src = _pools(ctx, spec, 2 * n, n)
-    try:
-        return _write(ctx, spec, n, src, dst, depth)
-    finally:
-        src.close()
-        dst.close()
-        nvme.close()
+    return _in_pools(ctx, spec, n, n, lambda f, h: _write(ctx, spec, n, h, f, depth))
 
 
 def _write(ctx: RunContext, spec: PageSpec, n: int, src: Any, dst: Any, depth: int) -> dict[str, Any]:

@@ -130,6 +130,14 @@ def _arms(ctx: RunContext, fetch: bool, pool: Any, ids: list[int], local: Any,
     return arms, {"label": best, "note": note, "chunk": chunk, "chunk_from": chunk_from}
 
 
+def _device_end(direction: str) -> bool:
+    """Whether this rank's end of ``direction`` is device memory (remote->hbm, hbm->remote):
+    the pages then cross pinned host memory (hbm.HbmEnd)."""
+    from kvbench.tiers import tier_class
+
+    return any(tier_class(t).device_memory for t in direction.split("->") if not tier_class(t).remote)
+
+
 def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> tuple[Any, int, dict[str, Any]]:
     """Fill a remote pool of 2n pages, sample the paged path and its ceiling alternately,
     then check the pages bit-exact (untimed). Returns (the Interleaved result, n, the
@@ -153,7 +161,7 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
             pool.write_pages(range(2 * n), data, method="coalesced")
         else:
             local.copy_(data)
-        if "hbm" in direction:
+        if _device_end(direction):
             from kvbench.bench.remote.hbm import HbmEnd
 
             end = HbmEnd(ctx, spec, n, fetch, None if fetch else data, direction)
@@ -199,7 +207,7 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
            **({"chunk_bytes": ceiling["chunk"], "chunk_from": ceiling["chunk_from"]} if batching == "coalesced" else {}),
            "backend": link.get("backend"), "link": link.get("link"), "loopback": link.get("loopback"),
            "model": ctx.model.name, **spec.describe()}
-    if "hbm" in direction:
+    if _device_end(direction):
         from kvbench.bench.remote.hbm import PATH
 
         cfg["path"] = PATH
@@ -207,7 +215,7 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
     extra = [(a - b) / n * 1e6 for a, b in zip(secs, ceil)]
     notes = [ceiling["note"], f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
              + (" and the peer's acknowledgement" if dst == "remote" else "")]
-    if "hbm" in direction:
+    if _device_end(direction):
         notes.append(f"through this rank's pinned host memory: {cfg['path']}; both steps in every sample, "
                      "one after the other")
     if link.get("loopback"):

@@ -71,11 +71,11 @@ def _run_own(run_local: Callable[[dict[str, Any], Path, dict[str, Any]], int],
              block: dict[str, Any]) -> dict[str, Any]:
     """This rank's benchmarks into a private temporary file: {rank, code, doc} or
     {rank, code, error}. The file and its folder are removed."""
-    from kvbench.tiers.nvme import make_owned_dir
+    from kvbench.owned_dirs import make_owned_dir
 
     here = distributed.rank()
     # owned (pid and process identity inside): a killed rank's folder is removed later
-    # by kvbench.tiers.nvme.remove_stale_dirs (the launcher calls it at once)
+    # by kvbench.owned_dirs.remove_stale_dirs (the launcher calls it at once)
     folder = make_owned_dir(f"kvbench-fleet-rank{here}-", tempfile.gettempdir())
     sink: dict[str, Any] = {"progress": here == 0}
     try:

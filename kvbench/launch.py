@@ -154,7 +154,7 @@ def _fleet_rank_failed(store: Any, rank: int, proc: subprocess.Popen) -> None:
     import tempfile
 
     from kvbench.fleet import report_dead
-    from kvbench.tiers.nvme import remove_stale_dirs
+    from kvbench.owned_dirs import remove_stale_dirs
 
     try:
         report_dead(store, rank, f"rank {rank} (pid {proc.pid}) {_ended(proc.returncode)}")

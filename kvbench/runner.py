@@ -245,10 +245,10 @@ def make_nvme_workdir(base: str | None) -> tuple[Path, bool]:
     was chosen goes to the environment block. Returns (path, owned).
 
     First the folders an earlier kvbench killed outright left there are removed
-    (kvbench.tiers.nvme.remove_stale_dirs: kvbench's own, this host's and user's, their
+    (kvbench.owned_dirs.remove_stale_dirs: kvbench's own, this host's and user's, their
     owner process gone), in --nvme-dir or in every default candidate."""
-    from kvbench.tiers.nvme import (NVME_MARGIN_MIN_BYTES, NvmeTier, default_nvme_dir, make_owned_dir,
-                                    nvme_dir_candidates, record_choice, remove_stale_dirs)
+    from kvbench.owned_dirs import make_owned_dir, remove_stale_dirs
+    from kvbench.tiers.nvme import NVME_MARGIN_MIN_BYTES, NvmeTier, default_nvme_dir, nvme_dir_candidates, record_choice
 
     for cand in ([base] if base is not None else [p for _name, p in nvme_dir_candidates()]):
         if cand and os.path.isdir(cand):

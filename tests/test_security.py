@@ -18,7 +18,8 @@ import kvbench
 from kvbench import owner as kowner
 from kvbench import results as kresults
 from kvbench.report.headline import nvme_backing_line
-from kvbench.tiers.nvme import OWNER_FILE, NvmeTier, make_owned_dir, remove_stale_dirs
+from kvbench.owned_dirs import OWNER_FILE, make_owned_dir, remove_stale_dirs
+from kvbench.tiers.nvme import NvmeTier
 
 PACKAGE = Path(kvbench.__file__).parent
 

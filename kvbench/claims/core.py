@@ -15,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvbench.sizing.numbers import seconds
+from kvbench.units import EB, GB, PB, TB
+
 #: the verdicts a claim can get, in words (docs/claims.md)
 VERDICTS = {
     "confirmed": "kvbench's figures agree with the claim",
@@ -124,18 +127,15 @@ def count(n: float) -> str:
 
 
 def duration(s: float) -> str:
-    """Seconds in the unit a reader says aloud: '14,663 s (4.07 h)', '0.5 s', '12 ms'."""
+    """Seconds in the unit a reader says aloud: '14,663 s (4.07 h)', '0.5 s', '12 ms'
+    (kvbench.sizing.numbers.seconds, with the hours beside a long one)."""
     if s >= 3600:
         return f"{s:,.0f} s ({s / 3600:.3g} h)"
-    if s >= 1:
-        return f"{s:.3g} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s * 1e6:.3g} us"
+    return seconds(s)
 
 
-#: decimal size units a claim may state a figure in (GB = 1e9 B ... EB = 1e18 B)
-DECIMAL_UNITS = {"GB": 10**9, "TB": 10**12, "PB": 10**15, "EB": 10**18}
+#: decimal size units a claim may state a figure in (kvbench.units: GB = 1e9 B ... EB = 1e18 B)
+DECIMAL_UNITS = {"GB": GB, "TB": TB, "PB": PB, "EB": EB}
 
 
 def decimal_size(text: str) -> float | None:

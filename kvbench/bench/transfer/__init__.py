@@ -33,12 +33,13 @@ from kvbench.bench import Benchmark, Case, Plot, RunContext, Skip
 from kvbench.bench.transfer import footprint as fp
 from kvbench.bench.transfer import plots
 from kvbench.bench.transfer.common import (BENCH_KEY, GPU_DIRECTIONS, SWEEP_TOKENS, SWEEP_TOKENS_QUICK,
-                                           _kinds, budget_s, ceiling_bytes, depth_sweep, file_bytes,
+                                           _kinds, _name, budget_s, ceiling_bytes, depth_sweep, file_bytes,
                                            fio_wanted, sample_bytes)
 from kvbench.bench.transfer.files import file_read_case, file_write_case
 from kvbench.bench.transfer.gds import plan_gds
 from kvbench.bench.transfer.gpu import ceiling_case, gpu_paged_case, nvme_to_hbm_case, overlap_case
 from kvbench.results import skipped_case
+from kvbench.spec import PageSpec, get_format
 
 
 def _methods(direction: str) -> list[movers.CopyMethod]:
@@ -134,7 +135,7 @@ def _plan_components(ctx: RunContext, cases: list[Case]) -> None:
     m = movers.copy_method("odirect")
     for comp in (c.name for c in ctx.model.components[1:] if c.grows):
         for lay in ctx.layouts:
-            name = f"nvme->dram/{lay}/{comp}/{f}/{t}tok/odirect/qd{depth}/cold"
+            name = _name("nvme->dram", PageSpec(ctx.model, get_format(f), t, lay, comp), m.name, depth, "cold")
             cases.append(_method_case(ctx, name, m, lambda c, lay=lay, comp=comp: file_read_case(
                 c, f, lay, t, "odirect", depth, "cold", component=comp),
                 lambda c, lay=lay, comp=comp: fp.file_read(c, f, lay, t, "cold", comp)))

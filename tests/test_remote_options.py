@@ -1,6 +1,6 @@
 """The remote benchmark's options and its results downstream: optional transports
 (``--set remote.transport=nixl|mooncake`` skips with the reason where the package is not
-importable; an unknown one is bad input, refused before any rank starts), and
+importable, and mooncake where it is, its transport not being built; an unknown one is bad input, refused before any rank starts), and
 ``kvbench compare`` of two remote results (two tiny 2-rank gloo runs)."""
 
 from __future__ import annotations
@@ -33,15 +33,22 @@ def test_a_transport_whose_package_is_missing_skips_the_run_with_the_reason(name
     assert [(c["name"], c["status"], c["reason"]) for c in cases] == [("*", "skipped", why)]
 
 
-def test_an_importable_transport_says_it_is_not_built(monkeypatch):
+def test_an_importable_transport_says_whether_it_is_built(monkeypatch):
     import importlib.util
 
-    from kvbench.tiers.remote import TRANSPORTS, transport_status
+    from kvbench.bench.remote import remote_tier
+    from kvbench.tiers.remote import BUILT, TRANSPORTS, RemoteTier, transport_status
 
     assert list(TRANSPORTS) == ["torch", "nixl", "mooncake"] and transport_status("torch")[0]
+    assert BUILT == ("torch", "nixl")
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: object())
-    ok, why = transport_status("nixl")
-    assert not ok and "nixl._api is importable, but kvbench's nixl transport is not built yet" in why
+    ok, why = transport_status("mooncake")
+    assert not ok and "mooncake.engine is importable, but kvbench's mooncake transport is not built yet" in why
+    assert transport_status("nixl") == (True, "NIXL")
+    # NIXL's bytes never cross over torch.distributed under its name: its own tier class does it
+    ok, why = RemoteTier(transport="nixl").available()
+    assert not ok and "the nixl transport has its own tier class" in why
+    assert type(remote_tier(1, "coalesced", 1 << 20, "nixl")).__name__ == "NixlRemoteTier"
 
     def broken(m, *a):
         raise ImportError("libucs.so.0: cannot open shared object file")

@@ -24,8 +24,10 @@ Batching, how a list of pages crosses (``BATCHING``):
 Contiguous ``read_into`` / ``write_from`` of a byte range (one message, or consecutive
 messages of a size) are the same-run ceiling.
 Every wait is bounded by the group's timeout; a failed wait marks the group failed.
-Transports (``TRANSPORTS``): torch.distributed is the one built; NIXL and Mooncake are
-named so that a run asking for them skips with the reason (``transport_status``)."""
+Transports (``TRANSPORTS``): torch.distributed, and NIXL where its package is installed
+(kvbench.tiers.remote_nixl: the same requests over torch.distributed, the bytes as NIXL
+READs and WRITEs); Mooncake is named so that a run asking for it skips with the reason
+(``transport_status``)."""
 
 from __future__ import annotations
 
@@ -48,12 +50,18 @@ CHUNK_BYTES = 4 * MiB
 TRANSPORTS = {"torch": ("torch.distributed", "torch.distributed point to point"),
               "nixl": ("nixl._api", "NIXL (pip install nixl)"),
               "mooncake": ("mooncake.engine", "Mooncake's transfer engine (pip install mooncake-transfer-engine)")}
+#: the transports kvbench has built (nixl: its tier class is kvbench.tiers.remote_nixl's)
+BUILT = ("torch", "nixl")
 HEADER_LEN = 6
 #: bytes of an error text sent back by the peer
 MESSAGE_LEN = 240
 OP_SHUTDOWN, OP_FREE_BYTES, OP_ALLOC, OP_FREE, OP_READ, OP_WRITE, OP_GATHER, OP_SCATTER = range(8)
+#: NIXL's requests (kvbench.tiers.remote_nixl): register a buffer, gather pages into its
+#: staging buffer, scatter them from it
+OP_NIXL_REGISTER, OP_NIXL_GATHER, OP_NIXL_SCATTER = range(8, 11)
 OP_NAMES = ("shutdown", "free bytes", "allocate", "free", "contiguous fetch", "contiguous put",
-            "page fetch", "page put")
+            "page fetch", "page put", "NIXL registration", "a gather into NIXL staging",
+            "a scatter from NIXL staging")
 
 
 class GroupFailure(KvbenchError):
@@ -123,10 +131,10 @@ def wire_mode(batching: str, per: int) -> int:
 
 
 def transport_status(name: str) -> tuple[bool, str]:
-    """Whether transport ``name`` (TRANSPORTS) can move pages here, and why not. Only
-    torch.distributed is built: NIXL and Mooncake say whether their package is
-    importable (a module lookup, no transfer engine started) and, where it is, that
-    kvbench's transport over it is not built yet."""
+    """Whether transport ``name`` (TRANSPORTS) can move pages here, and why not.
+    torch.distributed always; NIXL when its module is importable (a module lookup: its
+    agent starts with the first buffer); Mooncake says whether its package is importable
+    and that kvbench's transport over it is not built."""
     import importlib.util
 
     if name == "torch":
@@ -139,8 +147,11 @@ def transport_status(name: str) -> tuple[bool, str]:
     if not found:
         return False, (f"remote.transport={name}: the Python module {module} of {what} is not importable here; "
                        "the same cases and ceilings would run over it")
+    if name in BUILT:
+        return True, what.split(" (")[0]
     return False, (f"remote.transport={name}: {module} is importable, but kvbench's {name} transport is not "
-                   "built yet (torch.distributed is the one built); the same cases and ceilings would apply")
+                   f"built yet (built: {', '.join(BUILT)}); the same cases and ceilings would apply")
+
 
 
 class RemoteBuffer(TierBuffer):
@@ -286,6 +297,9 @@ class RemoteTier(Tier):
         ok, why = transport_status(self.transport)
         if not ok:
             return False, why
+        if self.transport != "torch" and type(self) is RemoteTier:
+            return False, (f"remote.transport={self.transport}: this tier moves bytes over torch.distributed; "
+                           f"the {self.transport} transport has its own tier class")
         ok, why = distributed.group_status()
         if not ok:
             return False, why

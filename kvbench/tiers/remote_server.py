@@ -17,8 +17,8 @@ from typing import Any
 
 from kvbench import distributed
 from kvbench.tiers.remote import (HEADER_LEN, MESSAGE_LEN, OP_ALLOC, OP_FREE, OP_FREE_BYTES, OP_GATHER,
-                                  OP_NAMES, OP_READ, OP_SCATTER, OP_SHUTDOWN, OP_WRITE, GroupFailure,
-                                  message_parts, wait_all)
+                                  OP_NAMES, OP_NIXL_GATHER, OP_NIXL_REGISTER, OP_NIXL_SCATTER, OP_READ, OP_SCATTER,
+                                  OP_SHUTDOWN, OP_WRITE, GroupFailure, message_parts, wait_all)
 
 
 def serve(client: int = 0) -> None:
@@ -41,7 +41,10 @@ class PageServer:
         self.helper = ThreadPoolExecutor(1, thread_name_prefix="kvbench-page-copy")
         self.handlers = {OP_FREE_BYTES: self._free_bytes, OP_ALLOC: self._alloc, OP_FREE: self._free,
                          OP_READ: self._read, OP_WRITE: self._write, OP_GATHER: self._gather,
-                         OP_SCATTER: self._scatter}
+                         OP_SCATTER: self._scatter, OP_NIXL_REGISTER: lambda *f: self._nixl().register(*f),
+                         OP_NIXL_GATHER: lambda *f: self._nixl().gather(*f),
+                         OP_NIXL_SCATTER: lambda *f: self._nixl().scatter(*f)}
+        self.nixl: Any = None  # NIXL's side of the buffers (kvbench.tiers.remote_nixl), made when asked
 
     def run(self) -> None:
         header = self.torch.zeros(HEADER_LEN, dtype=self.torch.int64)
@@ -50,6 +53,8 @@ class PageServer:
             op, *fields = (int(x) for x in header)
             if op == OP_SHUTDOWN:
                 self._ack()
+                if self.nixl is not None:
+                    self.nixl.close()
                 self.buffers.clear()
                 self.helper.shutdown()
                 return
@@ -105,7 +110,16 @@ class PageServer:
         self._reply(0, self.next_id)
         self.next_id += 1
 
+    def _nixl(self) -> Any:
+        if self.nixl is None:
+            from kvbench.tiers.remote_nixl import NixlServing
+
+            self.nixl = NixlServing(self)
+        return self.nixl
+
     def _free(self, buffer_id: int, *_: int) -> None:
+        if self.nixl is not None:
+            self.nixl.forget(buffer_id)
         self.buffers.pop(buffer_id, None)
 
     def _read(self, buffer_id: int, offset: int, nbytes: int, message_bytes: int, *_: int) -> None:

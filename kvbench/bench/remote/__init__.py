@@ -1,6 +1,8 @@
 """Remote benchmark: KV pages fetched from and put to a peer rank's host memory (the
-``remote`` tier, torch.distributed over gloo), each case sampled alternately with a
-contiguous send/recv of the same bytes between the same ranks: its ceiling.
+``remote`` tier, torch.distributed over gloo; with ``--set remote.transport=nixl``, NIXL
+READs and WRITEs over UCX: kvbench.tiers.remote_nixl), each case sampled alternately
+with a contiguous transfer of the same bytes between the same ranks over the same
+transport: its ceiling.
 
 Runs on rank 0 of a multi-rank launch (``kvbench run --bench remote --ranks 2``, or
 torchrun) while the other ranks serve the pages. Cases (``kind`` in each config):
@@ -85,10 +87,21 @@ def _link(ctx: RunContext) -> dict[str, Any]:
     return ctx.environment.get("distributed") or {}
 
 
-def _tier(ctx: RunContext, batching: str) -> Any:
-    from kvbench.tiers.remote import RemoteTier
+def remote_tier(peer: int, batching: str, chunk: int, name: str) -> Any:
+    """The remote tier over transport ``name``: NIXL's own tier class where NIXL is
+    importable (kvbench.tiers.remote_nixl), else RemoteTier (torch.distributed; for a
+    transport that cannot run, its ``available()`` says why)."""
+    from kvbench.tiers.remote import RemoteTier, transport_status
 
-    tier = RemoteTier(_peer(ctx), batching, chunk_bytes(ctx)[0], transport(ctx.options))
+    if name == "nixl" and transport_status(name)[0]:
+        from kvbench.tiers.remote_nixl import NixlRemoteTier
+
+        return NixlRemoteTier(peer, batching, chunk)
+    return RemoteTier(peer, batching, chunk, name)
+
+
+def _tier(ctx: RunContext, batching: str) -> Any:
+    tier = remote_tier(_peer(ctx), batching, chunk_bytes(ctx)[0], transport(ctx.options))
     ok, why = tier.available()
     if not ok:
         raise Skip(f"tier remote unavailable: {why}")
@@ -211,15 +224,20 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
         from kvbench.bench.remote.hbm import PATH
 
         cfg["path"] = PATH
+    if cfg["transport"] == "nixl":
+        from kvbench.tiers.remote_nixl import NOTE, describe
+
+        cfg["nixl"] = describe()
     secs, ceil = res.arms["paged"].seconds, res.arms["ceiling"].seconds
     extra = [(a - b) / n * 1e6 for a, b in zip(secs, ceil)]
-    notes = [ceiling["note"], f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
-             + (" and the peer's acknowledgement" if dst == "remote" else "")]
+    notes = [ceiling["note"], _messages_note(cfg)]
     if _device_end(direction):
         notes.append(f"through this rank's pinned host memory: {cfg['path']}; both steps in every sample, "
                      "one after the other")
+    if cfg["transport"] == "nixl":
+        notes.append(NOTE)
     if link.get("loopback"):
-        notes.append("loopback: every rank on one host; this measures the gloo/TCP stack and memory copies, not a NIC")
+        notes.append(f"loopback: every rank on one host; this measures the {_stack(cfg)} and memory copies, not a NIC")
     samples = {"gbps": gbps(n * spec.page_bytes, secs), "seconds": secs, "ceiling_gbps": gbps(n * spec.page_bytes, ceil)}
     units = {"gbps": "GB/s", "seconds": "s", "ceiling_gbps": "GB/s (the same bytes contiguous)"}
     if "one_message" in res.arms:
@@ -239,6 +257,21 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
                                             "message's)")
     _nic(case, link)
     return check_limits(ctx, case, direction)
+
+
+def _messages_note(cfg: dict[str, Any]) -> str:
+    """What crossed per sample besides the payload's messages."""
+    msgs, batching, put = cfg["messages"], cfg["batching"], cfg["dst"] == "remote"
+    if cfg["transport"] != "nixl":
+        return (f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
+                + (" and the peer's acknowledgement" if put else ""))
+    staged = batching == "coalesced" and msgs < cfg["pages"]
+    return (f"{msgs:,} NIXL descriptors per sample ({batching})"
+            + (", plus the peer's gather or scatter request, its page list and acknowledgement" if staged else ""))
+
+
+def _stack(cfg: dict[str, Any]) -> str:
+    return "NIXL/UCX stack" if cfg["transport"] == "nixl" else "gloo/TCP stack"
 
 
 def _nic(case: dict[str, Any], link: dict[str, Any]) -> None:
@@ -310,9 +343,9 @@ def plan(ctx: RunContext) -> list[Case]:
 
 
 def available(ctx: RunContext) -> tuple[bool, str]:
-    from kvbench.tiers.remote import RemoteTier
+    from kvbench.tiers.remote import CHUNK_BYTES
 
-    return RemoteTier(_peer(ctx), transport=transport(ctx.options)).available()
+    return remote_tier(_peer(ctx), "coalesced", CHUNK_BYTES, transport(ctx.options)).available()
 
 
 def highlights(doc: dict[str, Any]) -> Highlights | None:
@@ -335,8 +368,8 @@ def highlights(doc: dict[str, Any]) -> Highlights | None:
 
 BENCH = Benchmark(
     key=BENCH_KEY,
-    description="paged KV fetched from and put to a peer rank (torch.distributed, gloo) against a same-run "
-                "contiguous send/recv",
+    description="paged KV fetched from and put to a peer rank (torch.distributed over gloo, or NIXL) against "
+                "a same-run contiguous transfer",
     plan=plan,
     available=available,
     headline="gbps",
@@ -350,8 +383,9 @@ BENCH = Benchmark(
         "remote.bytes": "payload bytes per timed sample (default 64MiB quick, 256MiB full)",
         "remote.chunk_bytes": "largest message of a coalesced transfer (default: the message size the "
                               "contiguous ceiling found fastest, else 4MiB)",
-        "remote.transport": "torch (default: torch.distributed point to point), nixl or mooncake (skipped "
-                            "with the reason unless that Python package is importable)",
+        "remote.transport": "torch (default: torch.distributed point to point), nixl (NIXL READ/WRITE over "
+                            "UCX; skipped with the reason unless pip's nixl is installed) or mooncake (named, "
+                            "not built: skipped with the reason)",
         "remote.budget_s": "seconds a case samples its paired figures for before it stops short of +-5% "
                            "(default 4 quick, 15 full)",
         "remote.peer": "the rank that holds the pages (default 1)",

@@ -189,8 +189,9 @@ def gather_identities() -> list[dict[str, Any]]:
 
 def nic_speeds(root: str | Path = "/sys/class/net") -> list[dict[str, Any]]:
     """Network interfaces other than loopback whose link speed sysfs reports:
-    ``{iface, speed_mbps, gbps}`` (GB/s = Mb/s / 8000; a down link's speed is unreadable
-    or -1 and is left out)."""
+    ``{iface, speed_mbps, gbps, virtual}`` (GB/s = Mb/s / 8000; a down link's speed is
+    unreadable or -1 and is left out; ``virtual``: no device behind it, as a veth pair,
+    a bridge or a tunnel, whose speed is a nominal figure that bounds nothing)."""
     out = []
     base = Path(root)
     for d in sorted(base.iterdir()) if base.is_dir() else []:
@@ -201,26 +202,46 @@ def nic_speeds(root: str | Path = "/sys/class/net") -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if speed > 0:
-            out.append({"iface": d.name, "speed_mbps": speed, "gbps": speed / 8000})
+            out.append({"iface": d.name, "speed_mbps": speed, "gbps": speed / 8000,
+                        "virtual": not (d / "device").exists()})
     return out
+
+
+def link_nic(link: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The NIC a result's figures across hosts are held to, from its link block: the
+    interface gloo was told to use (``GLOO_SOCKET_IFNAME``) when it is listed, else the
+    fastest one here; (None, why) when there is none, or it is virtual (its speed is
+    nominal: it bounds nothing)."""
+    nics = link.get("nics") or []
+    named = [n for n in nics if n["iface"] == link.get("socket_ifname")]
+    pick = named[0] if named else max(nics, key=lambda n: n["speed_mbps"], default=None)
+    if pick is None:
+        return None, "no NIC speed is readable here (/sys/class/net/*/speed)"
+    if pick.get("virtual"):
+        return None, (f"the link's interface {pick['iface']} is virtual (no device behind it): its "
+                      f"{pick['speed_mbps']:,} Mb/s is nominal and bounds nothing, so no % of a NIC is given")
+    return pick, ""
 
 
 def link_block(identities: list[dict[str, Any]]) -> dict[str, Any]:
     """What a result records about the group: every rank's identity, whether all ranks
     share one host (loopback: the figures measure the gloo/TCP stack and memory copies,
-    not a NIC), this host's NICs, the backend, timeout and launcher."""
+    not a NIC), this host's NICs and the one gloo was told to use, the backend, timeout
+    and launcher."""
     hosts = sorted({i["hostname"] for i in identities})
     loopback = len(hosts) == 1
-    nics = nic_speeds()
+    block = {"backend": BACKEND, "world_size": len(identities), "timeout_s": timeout_s(),
+             "launcher": launcher(), "loopback": loopback, "hosts": hosts, "link": "",
+             "nics": nic_speeds(), "socket_ifname": os.environ.get("GLOO_SOCKET_IFNAME"), "ranks": identities}
     if loopback:
-        link = f"loopback: all {len(identities)} ranks on host {hosts[0]} (no NIC in the path)"
-    else:
-        fast = max(nics, key=lambda n: n["speed_mbps"], default=None)
-        link = (f"network: {len(hosts)} hosts; fastest NIC here {fast['iface']} at {fast['speed_mbps']:,} Mb/s"
-                if fast else f"network: {len(hosts)} hosts; NIC speed not readable here")
-    return {"backend": BACKEND, "world_size": len(identities), "timeout_s": timeout_s(),
-            "launcher": launcher(), "loopback": loopback, "hosts": hosts, "link": link,
-            "nics": nics, "ranks": identities}
+        block["link"] = f"loopback: all {len(identities)} ranks on host {hosts[0]} (no NIC in the path)"
+        return block
+    nic, why = link_nic(block)
+    named = "gloo's interface (GLOO_SOCKET_IFNAME)" if block["socket_ifname"] and nic and \
+        nic["iface"] == block["socket_ifname"] else "fastest NIC here"
+    block["link"] = (f"network: {len(hosts)} hosts; {named} {nic['iface']} at {nic['speed_mbps']:,} Mb/s" if nic
+                     else f"network: {len(hosts)} hosts; {why}")
+    return block
 
 
 def launcher() -> str:

@@ -301,16 +301,24 @@ def test_the_hbm_end_moves_pages_through_pinned_rows(tmp_path):
 def test_link_labels_loopback_and_reads_nic_speeds(tmp_path, monkeypatch):
     from kvbench import distributed
 
-    for name, speed in (("lo", "0"), ("eth0", "25000"), ("eth1", "-1"), ("wlan0", "bad")):
+    for name, speed in (("lo", "0"), ("eth0", "25000"), ("eth1", "-1"), ("wlan0", "bad"), ("veth7", "10000")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "speed").write_text(speed)
-    assert distributed.nic_speeds(tmp_path) == [{"iface": "eth0", "speed_mbps": 25000, "gbps": 3.125}]
-    monkeypatch.setattr(distributed, "nic_speeds", lambda root=None: [{"iface": "eth0", "speed_mbps": 25000,
-                                                                       "gbps": 3.125}])
+    (tmp_path / "eth0" / "device").mkdir()  # a physical NIC has a device behind it
+    eth0 = {"iface": "eth0", "speed_mbps": 25000, "gbps": 3.125, "virtual": False}
+    veth = {"iface": "veth7", "speed_mbps": 10000, "gbps": 1.25, "virtual": True}
+    assert distributed.nic_speeds(tmp_path) == [eth0, veth]
+    monkeypatch.setattr(distributed, "nic_speeds", lambda root=None: [eth0, veth])
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
     one = distributed.link_block([{"hostname": "a", "rank": 0}, {"hostname": "a", "rank": 1}])
     two = distributed.link_block([{"hostname": "a", "rank": 0}, {"hostname": "b", "rank": 1}])
     assert one["loopback"] and "no NIC in the path" in one["link"]
-    assert not two["loopback"] and "eth0 at 25,000 Mb/s" in two["link"]
+    assert not two["loopback"] and "fastest NIC here eth0 at 25,000 Mb/s" in two["link"]
+    assert distributed.link_nic(two) == (eth0, "")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "veth7")  # gloo told to use the virtual one: no % of a NIC
+    told = distributed.link_block([{"hostname": "a", "rank": 0}, {"hostname": "b", "rank": 1}])
+    assert told["socket_ifname"] == "veth7" and "veth7 is virtual" in told["link"]
+    assert distributed.link_nic(told)[0] is None and "bounds nothing" in distributed.link_nic(told)[1]
 
 
 # ------------------------------------------------------------------ bad input

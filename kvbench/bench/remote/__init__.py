@@ -275,14 +275,19 @@ def _stack(cfg: dict[str, Any]) -> str:
 
 
 def _nic(case: dict[str, Any], link: dict[str, Any]) -> None:
-    """Across hosts: the fastest NIC's nominal rate here (sysfs) and the share of it."""
-    nics = link.get("nics") or []
-    if link.get("loopback") or not nics:
+    """Across hosts: the NIC's nominal rate (sysfs; gloo's interface, else the fastest)
+    and the share of it; a note instead when there is none to hold the figure to."""
+    from kvbench.distributed import link_nic
+
+    if link.get("loopback") or not link:
         return
-    fast = max(nics, key=lambda x: x["gbps"])
-    case["metrics"]["nic_gbps"] = fast["gbps"]
-    case["metrics"]["pct_of_nic"] = 100.0 * case["metrics"]["gbps"] / fast["gbps"]
-    case["units"].update(nic_gbps=f"GB/s ({fast['iface']} {fast['speed_mbps']:,} Mb/s, sysfs)", pct_of_nic="%")
+    nic, why = link_nic(link)
+    if nic is None:
+        case["notes"].append(why)
+        return
+    case["metrics"]["nic_gbps"] = nic["gbps"]
+    case["metrics"]["pct_of_nic"] = 100.0 * case["metrics"]["gbps"] / nic["gbps"]
+    case["units"].update(nic_gbps=f"GB/s ({nic['iface']} {nic['speed_mbps']:,} Mb/s, sysfs)", pct_of_nic="%")
 
 
 def _name(direction: str, spec: PageSpec, batching: str, kind: str) -> str:

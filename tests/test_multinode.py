@@ -71,7 +71,10 @@ def two_hosts():
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
 
 
-def test_torchrun_across_two_hosts_records_both_and_the_virtual_link(two_hosts, tmp_path):
+def _on_both_hosts(two_hosts, tmp_path: Path, *kvbench_args: str) -> dict:
+    """One torchrun per host with c10d rendezvous at the first host's address, each
+    running ``kvbench run ...kvbench_args -o r.json``; the result (written by rank 0)
+    once both have exited 0, nothing of kvbench's left in TMPDIR."""
     out, tmp = tmp_path / "r.json", tmp_path / "tmp"
     tmp.mkdir()
     endpoint = f"{two_hosts[0][3]}:29577"
@@ -81,16 +84,23 @@ def test_torchrun_across_two_hosts_records_both_and_the_virtual_link(two_hosts, 
     for ns, host, veth, addr in two_hosts:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                     "--rdzv-id", TAG, "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--local-addr", addr,
-                    "-m", "kvbench", "run", "--bench", "remote", "--quick", "--format", "fp16", "--layout", "layer",
-                    "--no-progress", "--set", "remote.bytes=4MiB", "--set", "remote.budget_s=0.3",
-                    "--cases", "^remote->dram/", "--dist-timeout", "30", "-o", str(out)]
+                    "-m", "kvbench", "run", *kvbench_args, "--quick", "--format", "fp16", "--layout", "layer",
+                    "--no-progress", "--dist-timeout", "30", "-o", str(out)]
         script = f'hostname {host} && GLOO_SOCKET_IFNAME={veth} exec "$@"'
         procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--uts", "sh", "-c", script, "sh",
                                        *torchrun], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
-    doc = json.loads(out.read_text())
+    # nothing of kvbench's left behind (torchrun leaves its own torchelastic_* log folders)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["r.json", "tmp"]
+    assert [x.name for x in tmp.iterdir() if not x.name.startswith("torchelastic_")] == []
+    return json.loads(out.read_text())
+
+
+def test_torchrun_across_two_hosts_records_both_and_the_virtual_link(two_hosts, tmp_path):
+    doc = _on_both_hosts(two_hosts, tmp_path, "--bench", "remote", "--set", "remote.bytes=4MiB",
+                         "--set", "remote.budget_s=0.3", "--cases", "^remote->dram/")
     group = doc["environment"]["distributed"]
     assert group["launcher"] == "torchrun" and group["world_size"] == 2 and not group["loopback"]
     assert group["hosts"] == ["node-a", "node-b"] and {r["hostname"] for r in group["ranks"]} == {"node-a", "node-b"}
@@ -104,6 +114,15 @@ def test_torchrun_across_two_hosts_records_both_and_the_virtual_link(two_hosts, 
         assert "pct_of_nic" not in c["metrics"] and not c["config"]["loopback"]
         assert any("is virtual (no device behind it)" in n for n in c["notes"])
         assert not any(n.startswith("loopback") for n in c["notes"])
-    # nothing of kvbench's left behind (torchrun leaves its own torchelastic_* log folders)
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["r.json", "tmp"]
-    assert [x.name for x in tmp.iterdir() if not x.name.startswith("torchelastic_")] == []
+
+
+def test_a_fleet_run_across_two_hosts_gives_one_result_per_host(two_hosts, tmp_path):
+    doc = _on_both_hosts(two_hosts, tmp_path, "--fleet", "--bench", "roundtrip", "--set", "roundtrip.pages=8")
+    assert doc["run"]["status"] == "complete" and not doc["environment"]["distributed"]["loopback"]
+    ranks = doc["fleet"]["ranks"]
+    assert [r["status"] for r in ranks] == ["ok", "ok"]
+    # each host's own result carries its own identity
+    assert sorted(r["environment"]["host"]["hostname"] for r in ranks) == ["node-a", "node-b"]
+    ok = {c["name"] for c in doc["cases"] if c["status"] == "ok"}
+    assert {"rank0/dram<->nvme/layer", "rank1/dram<->nvme/layer"} <= ok
+    assert any(row["name"] == "dram<->nvme/layer" and set(row["values"]) == {"0", "1"} for row in doc["fleet"]["spread"])

@@ -2,8 +2,15 @@ import sys
 
 from kvbench.cli import main
 
-code = main()
-# a process that started a NIXL agent ends through os._exit (kvbench.tiers.remote_nixl.exit_process)
-if "kvbench.tiers.remote_nixl" in sys.modules:
-    sys.modules["kvbench.tiers.remote_nixl"].exit_process(code)
+code = 1
+try:
+    code = main()
+finally:
+    # a process that loaded NIXL ends through os._exit (kvbench.tiers.remote_nixl.exit_process)
+    if "kvbench.tiers.remote_nixl" in sys.modules:
+        if sys.exc_info()[0] is not None:
+            import traceback
+
+            traceback.print_exc()
+        sys.modules["kvbench.tiers.remote_nixl"].exit_process(code)
 raise SystemExit(code)

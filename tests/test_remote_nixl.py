@@ -55,6 +55,7 @@ def _nixl_round_trips() -> None:
     from kvbench.spec import PageSpec, get_format, load_model
     from kvbench.store import PagePool, move_pages
     from kvbench.tiers import DramTier
+    from kvbench.tiers.remote import messages
     from kvbench.tiers.remote_nixl import NixlBuffer, NixlRemoteTier
 
     model, rng = load_model("Llama-3.1-8B"), random.Random(0)
@@ -78,6 +79,9 @@ def _nixl_round_trips() -> None:
             rows = torch.empty((n, spec.page_bytes), dtype=torch.uint8)
             remote.buffer.fetch_rows(away, remote.stride, spec.page_bytes, rows, batching, 64 * 1024)
             assert torch.equal(rows, data)
+            # what crossed is what a case records: whole pages per descriptor, as torch's messages
+            want = messages(batching, n, spec.page_bytes, 64 * 1024) if batching != "per_page" else 1
+            assert remote.buffer.last_descriptors == want, (fmt, batching)
             flat = torch.randint(0, 256, (3 * spec.page_bytes,), dtype=torch.uint8)
             remote.buffer.write_from(0, flat, 4096)
             got = torch.empty_like(flat)
@@ -144,4 +148,17 @@ def test_a_killed_rank_ends_a_nixl_run_within_the_timeout(tmp_path):
     assert doc["cases"][0]["status"] == "ok"
     bad = next(c for c in doc["cases"] if c["status"] != "ok")
     assert "rank 1" in bad["reason"] and "\n" not in bad["reason"], bad["reason"]
+    assert sorted(x.name for x in work.iterdir()) == ["r.json"] and list(tmp.iterdir()) == []
+
+
+def test_an_agent_that_cannot_start_skips_with_the_reason_and_exits_cleanly(tmp_path):
+    work, tmp, env = _isolated(tmp_path)
+    env["UCX_TLS"] = ""  # UCX refuses an empty transport list: NIXL's UCX backend cannot start
+    p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, *NIXL, "-o", "r.json", cwd=work, env=env)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "SIGSEGV" not in err and "Traceback" not in err, err
+    doc = json.loads((work / "r.json").read_text())
+    assert [(c["name"], c["status"]) for c in doc["cases"]] == [("*", "skipped")]
+    why = doc["cases"][0]["reason"]
+    assert why.startswith("NIXL could not start an agent with its UCX backend") and "UCX_TLS" in why, why
     assert sorted(x.name for x in work.iterdir()) == ["r.json"] and list(tmp.iterdir()) == []

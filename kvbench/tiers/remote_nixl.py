@@ -15,8 +15,9 @@ and both base addresses; rank 0 loads that metadata into its own agent. Then:
                             connector posts: prepared descriptor lists, picked by index);
   ``coalesced``             the peer gathers the pages into its staging buffer (a
                             request over torch.distributed, acknowledged), then one READ
-                            of the staging bytes in descriptors of ``chunk_bytes`` (a put:
-                            WRITE to staging, then the peer scatters and acknowledges).
+                            of the staging bytes in descriptors of as many whole pages
+                            as fit in ``chunk_bytes`` (as torch's messages; a put: WRITE
+                            to staging, then the peer scatters and acknowledges).
 Descriptors are never merged by NIXL here (``skip_desc_merge``), so a case's count of
 descriptors is what crossed. A request is polled until NIXL reports it done, within the
 group's timeout; an error or the timeout marks the group failed (GroupFailure), as a
@@ -42,7 +43,10 @@ from kvbench.tiers.remote import (BATCHING, MESSAGE_LEN, OP_GATHER, OP_NAMES, OP
 
 #: the NIXL backend used (the one whose wheels carry UCX; it moves host memory anywhere)
 BACKEND = "UCX"
-_state: dict[str, Any] = {"agent": None, "peers": {}}
+#: ``loaded``: NIXL's native libraries are in this process (from the first try to start
+#: an agent, which may fail after loading them): exit_process is then needed;
+#: ``failed``: why the agent did not start (not retried)
+_state: dict[str, Any] = {"agent": None, "loaded": False, "failed": ""}
 
 
 def agent(progress_thread: bool = False) -> Any:
@@ -50,10 +54,13 @@ def agent(progress_thread: bool = False) -> Any:
     the transfers without a progress thread (polling a request progresses it), on a
     peer with one (nothing else would progress its side while it waits for requests).
     TierUnavailable when NIXL cannot start one here."""
+    if _state["failed"]:
+        raise TierUnavailable(_state["failed"])
     if _state["agent"] is None:
         try:
             import logging
 
+            _state["loaded"] = True
             from nixl._api import nixl_agent, nixl_agent_config
 
             if "NIXL_LOG_LEVEL" not in os.environ:  # its INFO lines go to stdout
@@ -61,8 +68,9 @@ def agent(progress_thread: bool = False) -> Any:
             made = nixl_agent(f"kvbench-rank{distributed.rank()}-pid{os.getpid()}",
                               nixl_agent_config(enable_prog_thread=progress_thread, backends=[BACKEND]))
         except Exception as exc:  # noqa: BLE001 - NIXL raises its own errors and RuntimeErrors
-            raise TierUnavailable(f"NIXL could not start an agent with its {BACKEND} backend: "
-                                  f"{distributed.short_error(exc)}") from None
+            _state["failed"] = (f"NIXL could not start an agent with its {BACKEND} backend: "
+                                f"{distributed.short_error(exc)} (UCX settings: {describe()['ucx_env']})")
+            raise TierUnavailable(_state["failed"]) from None
         if BACKEND not in made.backends:
             raise TierUnavailable(f"NIXL started without its {BACKEND} backend (plugins here: "
                                   f"{', '.join(made.plugin_list) or 'none'})")
@@ -72,9 +80,9 @@ def agent(progress_thread: bool = False) -> Any:
 
 def exit_process(code: int) -> None:
     """End the process with ``code``: through ``os._exit`` after Python's exit handlers
-    and a flush of the streams when this process started a NIXL agent (its wheel's
-    libnl-route crashes in the C library's exit), else return (the caller exits)."""
-    if _state["agent"] is None:
+    and a flush of the streams when this process loaded NIXL to start an agent (its
+    wheel's libnl-route crashes in the C library's exit), else return (the caller exits)."""
+    if not _state["loaded"]:
         return
     import atexit
     import logging
@@ -110,15 +118,20 @@ def describe() -> dict[str, Any]:
 
 #: what a NIXL case's figures are, for its notes
 NOTE = ("NIXL over UCX: one-sided READs (fetch) and WRITEs (put) started by this rank, one request per "
-        "sample (per_page: one per page), descriptors never merged; the peer's part of a coalesced case "
-        "(gather or scatter through its staging buffer) is a request over torch.distributed, acknowledged. "
-        "On one host UCX may move the bytes through shared memory (cma, posix) rather than TCP")
+        "sample (per_page: one per page), descriptors never merged; memory is registered and descriptor "
+        "lists prepared on first use and kept for the buffer's life (as vLLM's NIXL connector does: the "
+        "warm-up pays it); the peer's part of a coalesced case (gather or scatter through its staging "
+        "buffer) is a request over torch.distributed, acknowledged. On one host UCX may move the bytes "
+        "through shared memory (cma, posix) rather than TCP")
 
 
 def _wait(handle: Any, peer: int, what: str) -> None:
-    """Poll a posted request until it is done, within the group's timeout."""
+    """Poll a posted request until it is done, within the group's timeout. A failure
+    marks the group failed (every later remote operation is refused with the reason),
+    without blaming the peer (it may be a local error): rank 0 still tells it to stop."""
     ag = agent()
     deadline = time.monotonic() + distributed.timeout_s()
+    why = ""
     try:
         state = ag.transfer(handle)
         while state != "DONE":
@@ -130,10 +143,13 @@ def _wait(handle: Any, peer: int, what: str) -> None:
     except Exception as exc:  # noqa: BLE001 - NIXL's errors and the two above
         why = (f"rank {distributed.rank()}: NIXL {what} from rank {peer} failed "
                f"(timeout {distributed.timeout_s():g} s): {distributed.short_error(exc)}")
-        distributed.mark_failed(why, peer)
-        raise GroupFailure(why) from None
-    finally:
+    try:
         ag.release_xfer_handle(handle)
+    except Exception as exc:  # noqa: BLE001 - NIXL raises when a request in flight cannot be cancelled
+        why = why or f"rank {distributed.rank()}: NIXL could not release {what}: {distributed.short_error(exc)}"
+    if why:
+        distributed.mark_failed(why)
+        raise GroupFailure(why)
 
 
 class NixlBuffer(RemoteBuffer):
@@ -145,9 +161,12 @@ class NixlBuffer(RemoteBuffer):
         self.remote_agent, self.base, self.staging = remote_agent, base, staging
         self._local: dict[tuple[int, int], tuple[Any, Any]] = {}  # (ptr, nbytes): (tensor, registration)
         self._dlists: dict[tuple[Any, ...], Any] = {}
+        self.last_descriptors = 0  # of the last request posted
 
     # -- descriptor lists, prepared once and kept for the buffer's life
     def _registered(self, t: Any) -> None:
+        if not t.is_contiguous() or t.dtype.itemsize != 1:
+            raise KvbenchError("NIXL moves contiguous uint8 tensors here; got a strided or wider one")
         key = (t.data_ptr(), t.numel())
         if key not in self._local:
             self._local[key] = (t, agent().register_memory([t]))
@@ -173,6 +192,7 @@ class NixlBuffer(RemoteBuffer):
     def _move(self, op: str, local: Any, local_ids: Sequence[int], remote: Any, remote_ids: Sequence[int],
               what: str) -> None:
         ag = agent()
+        self.last_descriptors = len(local_ids)
         try:
             handle = ag.make_prepped_xfer(op, local, list(local_ids), remote, list(remote_ids),
                                           skip_desc_merge=True)
@@ -228,13 +248,14 @@ class NixlBuffer(RemoteBuffer):
     def _pages(self, op: str, ids: Sequence[int], stride: int, width: int, t: Any, batching: str,
                chunk_bytes: int) -> None:
         n, what = len(ids), OP_NAMES[OP_GATHER if op == "READ" else OP_SCATTER]
-        if pages_per_message(batching, n, width, chunk_bytes) > 1:  # coalesced, through staging
+        per = pages_per_message(batching, n, width, chunk_bytes)
+        if per > 1:  # coalesced, through staging, in descriptors of whole pages (as torch's messages)
             if op == "WRITE":
-                self._contiguous(op, self.staging, t[:n], chunk_bytes, what)
+                self._contiguous(op, self.staging, t[:n], per * width, what)
                 self._staged(OP_NIXL_SCATTER, ids, stride, width)
             else:
                 self._staged(OP_NIXL_GATHER, ids, stride, width)
-                self._contiguous(op, self.staging, t[:n], chunk_bytes, what)
+                self._contiguous(op, self.staging, t[:n], per * width, what)
             return
         local, remote = self._rows(t, n, width), self._pool_rows(stride, width)
         if batching == "per_page":
@@ -297,12 +318,24 @@ class NixlRemoteTier(RemoteTier):
     def label(self) -> str:
         return f"remote (host memory of rank {self.peer}, NIXL {BACKEND})"
 
+    def available(self) -> tuple[bool, str]:
+        """The group's and the peer's checks, then whether this rank's NIXL agent starts
+        (it is started here, once, and kept)."""
+        ok, why = super().available()
+        if not ok:
+            return ok, why
+        try:
+            agent()
+        except TierUnavailable as exc:
+            return False, str(exc)
+        return True, f"{why}; bytes over NIXL {BACKEND} {version()}".strip()
+
     def _allocate(self, nbytes: int) -> RemoteBuffer:
         import torch
         import torch.distributed as dist
 
+        ag = agent()  # before the peer allocates: a failure here leaves nothing on the peer
         plain = super()._allocate(nbytes)
-        ag = agent()
         plain._request(OP_NIXL_REGISTER)
         head = torch.zeros(2, dtype=torch.int64)
         wait_all(lambda: [dist.irecv(head, self.peer)], self.peer, OP_NAMES[OP_NIXL_REGISTER])
@@ -321,7 +354,6 @@ class NixlRemoteTier(RemoteTier):
             plain.close()
             raise TierUnavailable(f"NIXL could not load rank {self.peer}'s metadata: "
                                   f"{distributed.short_error(exc)}") from None
-        _state["peers"][self.peer] = name
         return NixlBuffer(self, nbytes, plain.buffer_id, name, int(where[0]), int(where[1]))
 
 
@@ -340,6 +372,7 @@ class NixlServing:
 
         srv, torch = self.server, self.server.torch
         buf = srv._buffer(buffer_id)
+        reg = None
         try:
             ag = agent(progress_thread=True)
             staging = DramTier(pinned=False).allocate(buf.numel()).tensor
@@ -347,6 +380,8 @@ class NixlServing:
             # the first time with the connection details, then the new regions only
             meta = ag.get_partial_agent_metadata(reg, not self.told, [BACKEND])
         except Exception as exc:  # noqa: BLE001 - the refusal goes back to the client
+            if reg is not None:
+                agent().deregister_memory(reg)
             srv._reply(1)
             text = distributed.short_error(exc).encode()[:MESSAGE_LEN]
             msg = torch.zeros(MESSAGE_LEN, dtype=torch.uint8)

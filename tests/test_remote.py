@@ -177,10 +177,9 @@ def _rank_pid(launcher: subprocess.Popen, rank: int, timeout_s: float = 60) -> i
     raise AssertionError(f"rank {rank} never started")
 
 
-def test_a_killed_rank_ends_the_run_within_the_timeout(tmp_path):
-    work, tmp, env = _isolated(tmp_path)
-    p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, "--dist-timeout", "3", "-o", "r.json",
-                 cwd=work, env=env)
+def kill_rank_1_mid_run(p: subprocess.Popen, work: Path) -> tuple[int, str]:
+    """SIGKILL rank 1 of a 3 s-timeout remote run once rank 0 has written its first case;
+    (its pid, the launcher's stderr), the run having ended within the timeout and a margin."""
     server = _rank_pid(p, 1)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # mid-run: after rank 0 finished its first case
@@ -192,8 +191,16 @@ def test_a_killed_rank_ends_the_run_within_the_timeout(tmp_path):
         time.sleep(0.05)
     os.kill(server, signal.SIGKILL)
     killed = time.monotonic()
-    out, err = p.communicate(timeout=60)
+    _, err = p.communicate(timeout=60)
     assert time.monotonic() - killed < 3 + 15  # the timeout, start-up of nothing, a margin
+    return server, err
+
+
+def test_a_killed_rank_ends_the_run_within_the_timeout(tmp_path):
+    work, tmp, env = _isolated(tmp_path)
+    p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, "--dist-timeout", "3", "-o", "r.json",
+                 cwd=work, env=env)
+    server, err = kill_rank_1_mid_run(p, work)
     assert p.returncode == 1, err
     assert f"kvbench: rank 1 (pid {server}) was killed by SIGKILL" in err
     assert "Traceback" not in err and "rank 1 stopped answering" in err

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import time
 
 import pytest
 import torch
 
 pytest.importorskip("nixl._api", reason="NIXL's Python package is not installed (pip install nixl)")
 
-from test_remote import SMALL, _isolated, _kvbench, _rank_pid  # noqa: E402 - after the skip
+from test_remote import SMALL, _isolated, _kvbench, kill_rank_1_mid_run  # noqa: E402 - after the skip
 
 NIXL = ["--set", "remote.transport=nixl"]
 
@@ -129,19 +127,7 @@ def test_a_killed_rank_ends_a_nixl_run_within_the_timeout(tmp_path):
     work, tmp, env = _isolated(tmp_path)
     p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, *NIXL, "--dist-timeout", "3", "-o", "r.json",
                  cwd=work, env=env)
-    server = _rank_pid(p, 1)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # mid-run: after rank 0 finished its first case
-        try:
-            if any(c["bench"] == "remote" for c in json.loads((work / "r.json").read_text())["cases"]):
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    os.kill(server, signal.SIGKILL)
-    killed = time.monotonic()
-    out, err = p.communicate(timeout=60)
-    assert time.monotonic() - killed < 3 + 15
+    server, err = kill_rank_1_mid_run(p, work)
     assert p.returncode == 1, err
     assert f"kvbench: rank 1 (pid {server}) was killed by SIGKILL" in err and "Traceback" not in err
     doc = json.loads((work / "r.json").read_text())

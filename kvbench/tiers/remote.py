@@ -199,9 +199,8 @@ class RemoteBuffer(TierBuffer):
         self._ack(OP_NAMES[OP_WRITE])
 
     # -- pages
-    def _page_request(self, op: int, ids: Sequence[int], stride: int, width: int, batching: str,
-                      chunk_bytes: int) -> int:
-        torch, dist = _torch()
+    def _check_pages(self, ids: Sequence[int], stride: int, width: int, batching: str) -> None:
+        """A known batching, and every page a row of this buffer."""
         if batching not in BATCHING:
             raise KvbenchError(f"unknown batching {batching!r}; known: {', '.join(BATCHING)}")
         rows = self.nbytes // stride
@@ -209,6 +208,11 @@ class RemoteBuffer(TierBuffer):
         if bad or width > stride:
             raise KvbenchError(f"page {bad[0] if bad else '?'} of {width} B is outside a remote pool of "
                                f"{rows} rows of {stride} B")
+
+    def _page_request(self, op: int, ids: Sequence[int], stride: int, width: int, batching: str,
+                      chunk_bytes: int) -> int:
+        torch, dist = _torch()
+        self._check_pages(ids, stride, width, batching)
         per = pages_per_message(batching, len(ids), width, chunk_bytes)
         self._request(op, len(ids), stride, width, wire_mode(batching, per))
         wait_all(lambda: [dist.isend(torch.tensor(list(ids), dtype=torch.int64), self.peer)], self.peer, OP_NAMES[op])

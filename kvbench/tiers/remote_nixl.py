@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 from kvbench import distributed
 from kvbench.errors import KvbenchError, TierUnavailable
-from kvbench.tiers.remote import (BATCHING, MESSAGE_LEN, OP_GATHER, OP_NAMES, OP_NIXL_GATHER, OP_NIXL_REGISTER,
+from kvbench.tiers.remote import (MESSAGE_LEN, OP_GATHER, OP_NAMES, OP_NIXL_GATHER, OP_NIXL_REGISTER,
                                   OP_NIXL_SCATTER, OP_READ, OP_SCATTER, OP_WRITE, GroupFailure, RemoteBuffer,
                                   RemoteTier, message_parts, pages_per_message, wait_all)
 
@@ -225,15 +225,6 @@ class NixlBuffer(RemoteBuffer):
         self._contiguous("WRITE", self.base + offset, src, message_bytes, OP_NAMES[OP_WRITE])
 
     # -- pages
-    def _checked(self, ids: Sequence[int], stride: int, width: int, batching: str) -> None:
-        if batching not in BATCHING:
-            raise KvbenchError(f"unknown batching {batching!r}; known: {', '.join(BATCHING)}")
-        rows = self.nbytes // stride
-        bad = [i for i in ids if not 0 <= i < rows]
-        if bad or width > stride:
-            raise KvbenchError(f"page {bad[0] if bad else '?'} of {width} B is outside a remote pool of "
-                               f"{rows} rows of {stride} B")
-
     def _staged(self, op: int, ids: Sequence[int], stride: int, width: int) -> None:
         """Ask the peer to gather the pages into its staging buffer (or scatter them from
         it) and wait for its acknowledgement."""
@@ -267,13 +258,13 @@ class NixlBuffer(RemoteBuffer):
     def fetch_rows(self, ids: Sequence[int], stride: int, width: int, out: Any,
                    batching: str = "coalesced", chunk_bytes: int = 0) -> None:
         if ids:
-            self._checked(ids, stride, width, batching)
+            self._check_pages(ids, stride, width, batching)
             self._pages("READ", list(ids), stride, width, out, batching, chunk_bytes or self.tier.chunk_bytes)
 
     def put_rows(self, ids: Sequence[int], stride: int, width: int, data: Any,
                  batching: str = "coalesced", chunk_bytes: int = 0) -> None:
         if ids:
-            self._checked(ids, stride, width, batching)
+            self._check_pages(ids, stride, width, batching)
             self._pages("WRITE", list(ids), stride, width, data, batching, chunk_bytes or self.tier.chunk_bytes)
 
     def read_pages(self, ids: Sequence[int], stride: int, width: int, method: str = "") -> Any:

@@ -33,22 +33,22 @@ def test_a_transport_whose_package_is_missing_skips_the_run_with_the_reason(name
     assert [(c["name"], c["status"], c["reason"]) for c in cases] == [("*", "skipped", why)]
 
 
-def test_an_importable_transport_says_whether_it_is_built(monkeypatch):
+def test_an_importable_transport_gets_its_own_tier(monkeypatch):
     import importlib.util
 
     from kvbench.bench.remote import remote_tier
-    from kvbench.tiers.remote import BUILT, TRANSPORTS, RemoteTier, transport_status
+    from kvbench.tiers.remote import TRANSPORTS, RemoteTier, transport_status
 
     assert list(TRANSPORTS) == ["torch", "nixl", "mooncake"] and transport_status("torch")[0]
-    assert BUILT == ("torch", "nixl")
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: object())
-    ok, why = transport_status("mooncake")
-    assert not ok and "mooncake.engine is importable, but kvbench's mooncake transport is not built yet" in why
     assert transport_status("nixl") == (True, "NIXL")
-    # NIXL's bytes never cross over torch.distributed under its name: its own tier class does it
-    ok, why = RemoteTier(transport="nixl").available()
-    assert not ok and "the nixl transport has its own tier class" in why
-    assert type(remote_tier(1, "coalesced", 1 << 20, "nixl")).__name__ == "NixlRemoteTier"
+    assert transport_status("mooncake") == (True, "Mooncake's transfer engine")
+    for name in ("nixl", "mooncake"):
+        # an engine's bytes never cross over torch.distributed under its name: its own tier class does it
+        ok, why = RemoteTier(transport=name).available()
+        assert not ok and f"the {name} transport has its own tier class" in why
+        tier = remote_tier(1, "coalesced", 1 << 20, name)
+        assert type(tier).__name__ == "OneSidedTier" and tier.transport == name
 
     def broken(m, *a):
         raise ImportError("libucs.so.0: cannot open shared object file")

@@ -16,9 +16,9 @@ from typing import Any
 from kvbench.sizing.measured_common import Doc, case_ref, metric, ok_cases
 
 #: per transport, the batching a pooled store would use: torch.distributed gathers on the
-#: peer and sends large messages; NIXL posts one request of page descriptors (as vLLM's
-#: NIXL connector does)
-PREFERRED = {"torch": "coalesced", "nixl": "grouped"}
+#: peer and sends large messages; NIXL and Mooncake post one request of page descriptors
+#: (as vLLM's NIXL connector and Mooncake's batch transfers do)
+PREFERRED = {"torch": "coalesced", "nixl": "grouped", "mooncake": "grouped"}
 #: what a loopback figure is, said wherever one is used
 LOOPBACK = "loopback: all ranks on one host, not a NIC figure"
 

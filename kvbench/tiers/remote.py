@@ -24,10 +24,10 @@ Batching, how a list of pages crosses (``BATCHING``):
 Contiguous ``read_into`` / ``write_from`` of a byte range (one message, or consecutive
 messages of a size) are the same-run ceiling.
 Every wait is bounded by the group's timeout; a failed wait marks the group failed.
-Transports (``TRANSPORTS``): torch.distributed, and NIXL where its package is installed
-(kvbench.tiers.remote_nixl: the same requests over torch.distributed, the bytes as NIXL
-READs and WRITEs); Mooncake is named so that a run asking for it skips with the reason
-(``transport_status``)."""
+Transports (``TRANSPORTS``): torch.distributed, and NIXL or Mooncake where their package
+is installed (kvbench.tiers.remote_onesided: the same requests over torch.distributed,
+the bytes as the engine's one-sided READs and WRITEs); a run asking for one that is not
+installed skips with the reason (``transport_status``)."""
 
 from __future__ import annotations
 
@@ -49,19 +49,18 @@ CHUNK_BYTES = 4 * MiB
 #: (the PyPI name ``mooncake`` alone is an unrelated package)
 TRANSPORTS = {"torch": ("torch.distributed", "torch.distributed point to point"),
               "nixl": ("nixl._api", "NIXL (pip install nixl)"),
-              "mooncake": ("mooncake.engine", "Mooncake's transfer engine (pip install mooncake-transfer-engine)")}
-#: the transports kvbench has built (nixl: its tier class is kvbench.tiers.remote_nixl's)
-BUILT = ("torch", "nixl")
+              "mooncake": ("mooncake.engine", "Mooncake's transfer engine (pip install mooncake-transfer-engine, "
+                                              "or mooncake-transfer-engine-non-cuda without an NVIDIA driver)")}
 HEADER_LEN = 6
 #: bytes of an error text sent back by the peer
 MESSAGE_LEN = 240
 OP_SHUTDOWN, OP_FREE_BYTES, OP_ALLOC, OP_FREE, OP_READ, OP_WRITE, OP_GATHER, OP_SCATTER = range(8)
-#: NIXL's requests (kvbench.tiers.remote_nixl): register a buffer, gather pages into its
-#: staging buffer, scatter them from it
-OP_NIXL_REGISTER, OP_NIXL_GATHER, OP_NIXL_SCATTER = range(8, 11)
+#: a one-sided engine's requests (kvbench.tiers.remote_onesided): register a buffer with
+#: it, gather pages into the buffer's staging buffer, scatter them from it
+OP_ONESIDED_REGISTER, OP_ONESIDED_GATHER, OP_ONESIDED_SCATTER = range(8, 11)
 OP_NAMES = ("shutdown", "free bytes", "allocate", "free", "contiguous fetch", "contiguous put",
-            "page fetch", "page put", "NIXL registration", "a gather into NIXL staging",
-            "a scatter from NIXL staging")
+            "page fetch", "page put", "a registration with the engine", "a gather into staging",
+            "a scatter from staging")
 
 
 class GroupFailure(KvbenchError):
@@ -132,9 +131,8 @@ def wire_mode(batching: str, per: int) -> int:
 
 def transport_status(name: str) -> tuple[bool, str]:
     """Whether transport ``name`` (TRANSPORTS) can move pages here, and why not.
-    torch.distributed always; NIXL when its module is importable (a module lookup: its
-    agent starts with the first buffer); Mooncake says whether its package is importable
-    and that kvbench's transport over it is not built."""
+    torch.distributed always; NIXL and Mooncake when their module is importable (a
+    module lookup: the engine itself starts in the tier's ``available()``)."""
     import importlib.util
 
     if name == "torch":
@@ -147,11 +145,7 @@ def transport_status(name: str) -> tuple[bool, str]:
     if not found:
         return False, (f"remote.transport={name}: the Python module {module} of {what} is not importable here; "
                        "the same cases and ceilings would run over it")
-    if name in BUILT:
-        return True, what.split(" (")[0]
-    return False, (f"remote.transport={name}: {module} is importable, but kvbench's {name} transport is not "
-                   f"built yet (built: {', '.join(BUILT)}); the same cases and ceilings would apply")
-
+    return True, what.split(" (")[0]
 
 
 class RemoteBuffer(TierBuffer):

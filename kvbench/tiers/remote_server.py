@@ -17,7 +17,7 @@ from typing import Any
 
 from kvbench import distributed
 from kvbench.tiers.remote import (HEADER_LEN, MESSAGE_LEN, OP_ALLOC, OP_FREE, OP_FREE_BYTES, OP_GATHER,
-                                  OP_NAMES, OP_NIXL_GATHER, OP_NIXL_REGISTER, OP_NIXL_SCATTER, OP_READ, OP_SCATTER,
+                                  OP_NAMES, OP_ONESIDED_GATHER, OP_ONESIDED_REGISTER, OP_ONESIDED_SCATTER, OP_READ, OP_SCATTER,
                                   OP_SHUTDOWN, OP_WRITE, GroupFailure, message_parts, wait_all)
 
 
@@ -41,10 +41,12 @@ class PageServer:
         self.helper = ThreadPoolExecutor(1, thread_name_prefix="kvbench-page-copy")
         self.handlers = {OP_FREE_BYTES: self._free_bytes, OP_ALLOC: self._alloc, OP_FREE: self._free,
                          OP_READ: self._read, OP_WRITE: self._write, OP_GATHER: self._gather,
-                         OP_SCATTER: self._scatter, OP_NIXL_REGISTER: lambda *f: self._nixl().register(*f),
-                         OP_NIXL_GATHER: lambda *f: self._nixl().gather(*f),
-                         OP_NIXL_SCATTER: lambda *f: self._nixl().scatter(*f)}
-        self.nixl: Any = None  # NIXL's side of the buffers (kvbench.tiers.remote_nixl), made when asked
+                         OP_SCATTER: self._scatter,
+                         OP_ONESIDED_REGISTER: lambda *f: self._onesided().register(*f),
+                         OP_ONESIDED_GATHER: lambda *f: self._onesided().gather(*f),
+                         OP_ONESIDED_SCATTER: lambda *f: self._onesided().scatter(*f)}
+        # a one-sided engine's side of the buffers (kvbench.tiers.remote_onesided), made when asked
+        self.onesided: Any = None
 
     def run(self) -> None:
         header = self.torch.zeros(HEADER_LEN, dtype=self.torch.int64)
@@ -53,8 +55,8 @@ class PageServer:
             op, *fields = (int(x) for x in header)
             if op == OP_SHUTDOWN:
                 self._ack()
-                if self.nixl is not None:
-                    self.nixl.close()
+                if self.onesided is not None:
+                    self.onesided.close()
                 self.buffers.clear()
                 self.helper.shutdown()
                 return
@@ -110,16 +112,16 @@ class PageServer:
         self._reply(0, self.next_id)
         self.next_id += 1
 
-    def _nixl(self) -> Any:
-        if self.nixl is None:
-            from kvbench.tiers.remote_nixl import NixlServing
+    def _onesided(self) -> Any:
+        if self.onesided is None:
+            from kvbench.tiers.remote_onesided import OneSidedServing
 
-            self.nixl = NixlServing(self)
-        return self.nixl
+            self.onesided = OneSidedServing(self)
+        return self.onesided
 
     def _free(self, buffer_id: int, *_: int) -> None:
-        if self.nixl is not None:
-            self.nixl.forget(buffer_id)
+        if self.onesided is not None:
+            self.onesided.forget(buffer_id)
         self.buffers.pop(buffer_id, None)
 
     def _read(self, buffer_id: int, offset: int, nbytes: int, message_bytes: int, *_: int) -> None:

@@ -1,6 +1,6 @@
 """Remote benchmark: KV pages fetched from and put to a peer rank's host memory (the
-``remote`` tier, torch.distributed over gloo; with ``--set remote.transport=nixl``, NIXL
-READs and WRITEs over UCX: kvbench.tiers.remote_nixl), each case sampled alternately
+``remote`` tier, torch.distributed over gloo; with ``--set remote.transport=nixl`` or
+``mooncake``, the engine's one-sided READs and WRITEs: kvbench.tiers.remote_onesided), each case sampled alternately
 with a contiguous transfer of the same bytes between the same ranks over the same
 transport: its ceiling.
 
@@ -88,15 +88,15 @@ def _link(ctx: RunContext) -> dict[str, Any]:
 
 
 def remote_tier(peer: int, batching: str, chunk: int, name: str) -> Any:
-    """The remote tier over transport ``name``: NIXL's own tier class where NIXL is
-    importable (kvbench.tiers.remote_nixl), else RemoteTier (torch.distributed; for a
-    transport that cannot run, its ``available()`` says why)."""
+    """The remote tier over transport ``name``: a one-sided engine's tier (NIXL, Mooncake:
+    kvbench.tiers.remote_onesided) where its package is importable, else RemoteTier
+    (torch.distributed; for a transport that cannot run, its ``available()`` says why)."""
     from kvbench.tiers.remote import RemoteTier, transport_status
 
-    if name == "nixl" and transport_status(name)[0]:
-        from kvbench.tiers.remote_nixl import NixlRemoteTier
+    if name != "torch" and transport_status(name)[0]:
+        from kvbench.tiers.remote_onesided import OneSidedTier
 
-        return NixlRemoteTier(peer, batching, chunk)
+        return OneSidedTier(peer, batching, chunk, name)
     return RemoteTier(peer, batching, chunk, name)
 
 
@@ -224,18 +224,18 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
         from kvbench.bench.remote.hbm import PATH
 
         cfg["path"] = PATH
-    if cfg["transport"] == "nixl":
-        from kvbench.tiers.remote_nixl import NOTE, describe
-
-        cfg["nixl"] = describe()
+    if cfg["transport"] != "torch":
+        cfg["engine"] = _engine().describe()
     secs, ceil = res.arms["paged"].seconds, res.arms["ceiling"].seconds
     extra = [(a - b) / n * 1e6 for a, b in zip(secs, ceil)]
     notes = [ceiling["note"], _messages_note(cfg)]
     if _device_end(direction):
         notes.append(f"through this rank's pinned host memory: {cfg['path']}; both steps in every sample, "
                      "one after the other")
-    if cfg["transport"] == "nixl":
-        notes.append(NOTE)
+    if cfg["transport"] != "torch":
+        from kvbench.tiers.remote_onesided import NOTE
+
+        notes.append(f"{_engine().note}: {NOTE}")
     if link.get("loopback"):
         notes.append(f"loopback: every rank on one host; this measures the {_stack(cfg)} and memory copies, not a NIC")
     samples = {"gbps": gbps(n * spec.page_bytes, secs), "seconds": secs, "ceiling_gbps": gbps(n * spec.page_bytes, ceil)}
@@ -262,16 +262,23 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
 def _messages_note(cfg: dict[str, Any]) -> str:
     """What crossed per sample besides the payload's messages."""
     msgs, batching, put = cfg["messages"], cfg["batching"], cfg["dst"] == "remote"
-    if cfg["transport"] != "nixl":
+    if cfg["transport"] == "torch":
         return (f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
                 + (" and the peer's acknowledgement" if put else ""))
     staged = batching == "coalesced" and msgs < cfg["pages"]
-    return (f"{msgs:,} NIXL descriptors per sample ({batching})"
+    return (f"{msgs:,} {_engine().label} descriptors per sample ({batching})"
             + (", plus the peer's gather or scatter request, its page list and acknowledgement" if staged else ""))
 
 
 def _stack(cfg: dict[str, Any]) -> str:
-    return "NIXL/UCX stack" if cfg["transport"] == "nixl" else "gloo/TCP stack"
+    return "gloo/TCP stack" if cfg["transport"] == "torch" else f"{_engine().label} stack"
+
+
+def _engine() -> Any:
+    """The one-sided engine this process runs (a case over NIXL or Mooncake)."""
+    from kvbench.tiers.remote_onesided import current_engine
+
+    return current_engine()
 
 
 def _nic(case: dict[str, Any], link: dict[str, Any]) -> None:
@@ -373,7 +380,7 @@ def highlights(doc: dict[str, Any]) -> Highlights | None:
 
 BENCH = Benchmark(
     key=BENCH_KEY,
-    description="paged KV fetched from and put to a peer rank (torch.distributed over gloo, or NIXL) against "
+    description="paged KV fetched from and put to a peer rank (torch.distributed over gloo, NIXL or Mooncake) against "
                 "a same-run contiguous transfer",
     plan=plan,
     available=available,
@@ -389,8 +396,8 @@ BENCH = Benchmark(
         "remote.chunk_bytes": "largest message of a coalesced transfer (default: the message size the "
                               "contiguous ceiling found fastest, else 4MiB)",
         "remote.transport": "torch (default: torch.distributed point to point), nixl (NIXL READ/WRITE over "
-                            "UCX; skipped with the reason unless pip's nixl is installed) or mooncake (named, "
-                            "not built: skipped with the reason)",
+                            "UCX) or mooncake (Mooncake's transfer engine); those two skip with the reason "
+                            "unless their pip package is installed",
         "remote.budget_s": "seconds a case samples its paired figures for before it stops short of +-5% "
                            "(default 4 quick, 15 full)",
         "remote.peer": "the rank that holds the pages (default 1)",

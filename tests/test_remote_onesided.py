@@ -1,34 +1,48 @@
-"""The remote tier with NIXL moving the bytes (``--set remote.transport=nixl``), over 2
-ranks on this machine: bit-exact round trips through the paged store for every batching,
-a short `kvbench run --bench remote --ranks 2` with its paired ceilings and what it
-records of NIXL, and a rank killed mid-run ending the run within the timeout.
+"""The remote tier with a one-sided engine moving the bytes (``--set
+remote.transport=nixl`` or ``mooncake``), over 2 ranks on this machine: bit-exact round
+trips through the paged store for every batching, a short `kvbench run --bench remote
+--ranks 2` with its paired ceilings and what it records of the engine, a rank killed
+mid-run ending the run within the timeout, and (NIXL) an engine that cannot start.
 
-Needs NIXL's Python package (pip install nixl); where it is missing every test here skips
-saying so (.ci/run runs this file in a venv that has it, where a skip fails CI)."""
+Needs the engine's Python package (pip install nixl; pip install
+mooncake-transfer-engine-non-cuda); where one is missing its tests skip saying so
+(.ci/run runs this file in a venv that has both, where a skip fails CI)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
 import pytest
 import torch
 
-pytest.importorskip("nixl._api", reason="NIXL's Python package is not installed (pip install nixl)")
+from test_remote import SMALL, _isolated, _kvbench, kill_rank_1_mid_run
 
-from test_remote import SMALL, _isolated, _kvbench, kill_rank_1_mid_run  # noqa: E402 - after the skip
+#: transport: (its module, the label its cases carry, the pip package)
+ENGINES = {"nixl": ("nixl._api", "NIXL UCX", "nixl"),
+           "mooncake": ("mooncake.engine", "Mooncake transfer engine", "mooncake-transfer-engine-non-cuda")}
 
-NIXL = ["--set", "remote.transport=nixl"]
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
 
 
-def _nixl_rank(rank: int, port: int) -> None:
+TRANSPORTS = [pytest.param(t, marks=pytest.mark.skipif(not _importable(m), reason=f"{m} is not installed (pip install {pkg})"))
+              for t, (m, _, pkg) in ENGINES.items()]
+
+
+def _rank_main(rank: int, port: int, transport: str) -> None:
     """One of two ranks (torch.multiprocessing.spawn): rank 1 serves, rank 0 moves pages
-    through the store to and from a NIXL remote pool and checks them bit-exact. Ends
-    through remote_nixl.exit_process (NIXL's wheel crashes in the C library's exit)."""
+    through the store to and from a one-sided remote pool and checks them bit-exact.
+    Ends through remote_onesided.exit_process (NIXL's wheel crashes in the C library's exit)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       TORCHELASTIC_USE_AGENT_STORE="True")
     from kvbench import distributed
-    from kvbench.tiers import remote_nixl
+    from kvbench.tiers import remote_onesided
     from kvbench.tiers.remote import stop_servers
     from kvbench.tiers.remote_server import serve
 
@@ -39,32 +53,32 @@ def _nixl_rank(rank: int, port: int) -> None:
             serve(client=0)
         else:
             try:
-                _nixl_round_trips()
+                _round_trips(transport)
             finally:
                 assert stop_servers() == []
     finally:
         distributed.close_group()
-    remote_nixl.exit_process(0)
+    remote_onesided.exit_process(0)
 
 
-def _nixl_round_trips() -> None:
+def _round_trips(transport: str) -> None:
     import random
 
     from kvbench.spec import PageSpec, get_format, load_model
     from kvbench.store import PagePool, move_pages
     from kvbench.tiers import DramTier
     from kvbench.tiers.remote import messages
-    from kvbench.tiers.remote_nixl import NixlBuffer, NixlRemoteTier
+    from kvbench.tiers.remote_onesided import OneSidedBuffer, OneSidedTier
 
     model, rng = load_model("Llama-3.1-8B"), random.Random(0)
     for fmt, layout, tokens in (("fp16", "layer", 16), ("nvfp4", "block", 4), ("fp8_e4m3", "layer", 64)):
         spec = PageSpec(model, get_format(fmt), tokens, layout)
         for batching in ("per_page", "grouped", "coalesced"):
-            tier = NixlRemoteTier(peer=1, batching=batching, chunk_bytes=64 * 1024)
-            assert tier.available()[0] and "NIXL UCX" in tier.label
+            tier = OneSidedTier(peer=1, batching=batching, chunk_bytes=64 * 1024, transport=transport)
+            assert tier.available()[0] and ENGINES[transport][1] in tier.label
             n = 10
             remote, here = PagePool(tier, spec, 2 * n), PagePool(DramTier(pinned=False), spec, 2 * n)
-            assert isinstance(remote.buffer, NixlBuffer)
+            assert isinstance(remote.buffer, OneSidedBuffer)
             data = torch.randint(0, 256, (n, spec.page_bytes), dtype=torch.uint8)
             home, away = rng.sample(range(2 * n), n), rng.sample(range(2 * n), n)
             here.write_pages(home, data)
@@ -88,19 +102,22 @@ def _nixl_round_trips() -> None:
             remote.close(), here.close()
 
 
-def test_round_trips_are_bit_exact_over_nixl():
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_round_trips_are_bit_exact(transport):
     import torch.multiprocessing as mp
 
     from kvbench.launch import rendezvous_store
 
     store = rendezvous_store(30)
-    mp.spawn(_nixl_rank, args=(store.port,), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(store.port, transport), nprocs=2, join=True)
 
 
-def test_a_two_rank_nixl_run_writes_paired_ceilings(tmp_path):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_two_rank_run_writes_paired_ceilings(transport, tmp_path):
+    label = ENGINES[transport][1]
     work, tmp, env = _isolated(tmp_path)
-    p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, *NIXL, "--cases", "^remote->dram/",
-                 "--cases", "^dram->remote/", "-o", "r.json", cwd=work, env=env)
+    p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, "--set", f"remote.transport={transport}",
+                 "--cases", "^remote->dram/", "--cases", "^dram->remote/", "-o", "r.json", cwd=work, env=env)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert "NIXL INFO" not in out + err  # NIXL's INFO lines (to stdout) are quietened
@@ -111,11 +128,11 @@ def test_a_two_rank_nixl_run_writes_paired_ceilings(tmp_path):
     for name, c in cases.items():
         assert c["status"] == "ok", (name, c["reason"])
         cfg, m = c["config"], c["metrics"]
-        assert cfg["transport"] == "nixl" and cfg["nixl"]["backend"] == "UCX" and cfg["nixl"]["version"]
+        assert cfg["transport"] == transport and cfg["engine"]["version"]
         assert m["gbps"] > 0 and m["ceiling_gbps"] > 0 and 0 < m["pct_of_ceiling"] == c["paired"]["pct_of_ceiling"]["median"]
-        assert any(n.startswith("NIXL over UCX") for n in c["notes"])
-        assert any("NIXL descriptors per sample" in n for n in c["notes"])
-        assert any("NIXL/UCX stack" in n for n in c["notes"] if n.startswith("loopback"))
+        assert any("one-sided READs (fetch) and WRITEs (put)" in n for n in c["notes"])
+        assert any(f"{label} descriptors per sample" in n for n in c["notes"])
+        assert any(f"{label} stack" in n for n in c["notes"] if n.startswith("loopback"))
         if cfg["batching"] == "coalesced":
             assert cfg["messages"] == -(-cfg["bytes"] // cfg["chunk_bytes"])
         else:
@@ -123,10 +140,11 @@ def test_a_two_rank_nixl_run_writes_paired_ceilings(tmp_path):
     assert sorted(x.name for x in work.iterdir()) == ["r.json"] and list(tmp.iterdir()) == []
 
 
-def test_a_killed_rank_ends_a_nixl_run_within_the_timeout(tmp_path):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_killed_rank_ends_the_run_within_the_timeout(transport, tmp_path):
     work, tmp, env = _isolated(tmp_path)
-    p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, *NIXL, "--dist-timeout", "3", "-o", "r.json",
-                 cwd=work, env=env)
+    p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, "--set", f"remote.transport={transport}",
+                 "--dist-timeout", "3", "-o", "r.json", cwd=work, env=env)
     server, err = kill_rank_1_mid_run(p, work)
     assert p.returncode == 1, err
     assert f"kvbench: rank 1 (pid {server}) was killed by SIGKILL" in err and "Traceback" not in err
@@ -137,10 +155,12 @@ def test_a_killed_rank_ends_a_nixl_run_within_the_timeout(tmp_path):
     assert sorted(x.name for x in work.iterdir()) == ["r.json"] and list(tmp.iterdir()) == []
 
 
-def test_an_agent_that_cannot_start_skips_with_the_reason_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("transport", TRANSPORTS[:1])
+def test_an_engine_that_cannot_start_skips_with_the_reason_and_exits_cleanly(transport, tmp_path):
     work, tmp, env = _isolated(tmp_path)
     env["UCX_TLS"] = ""  # UCX refuses an empty transport list: NIXL's UCX backend cannot start
-    p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, *NIXL, "-o", "r.json", cwd=work, env=env)
+    p = _kvbench("run", "--bench", "remote", "--ranks", "2", *SMALL, "--set", f"remote.transport={transport}",
+                 "-o", "r.json", cwd=work, env=env)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0 and "SIGSEGV" not in err and "Traceback" not in err, err
     doc = json.loads((work / "r.json").read_text())

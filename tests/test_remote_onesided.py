@@ -94,6 +94,9 @@ def _round_trips(transport: str) -> None:
             # what crossed is what a case records: whole pages per descriptor, as torch's messages
             want = messages(batching, n, spec.page_bytes, 64 * 1024) if batching != "per_page" else 1
             assert remote.buffer.last_descriptors == want, (fmt, batching)
+            # the same rows again with fewer pages (a view of a registered tensor: no overlap refused)
+            remote.buffer.fetch_rows(away[:3], remote.stride, spec.page_bytes, rows, "coalesced", 64 * 1024)
+            assert torch.equal(rows[:3], data[:3])
             flat = torch.randint(0, 256, (3 * spec.page_bytes,), dtype=torch.uint8)
             remote.buffer.write_from(0, flat, 4096)
             got = torch.empty_like(flat)
@@ -137,6 +140,11 @@ def test_a_two_rank_run_writes_paired_ceilings(transport, tmp_path):
             assert cfg["messages"] == -(-cfg["bytes"] // cfg["chunk_bytes"])
         else:
             assert cfg["messages"] == cfg["pages"]
+        # blocking engine calls per sample: one request, or one per page; Mooncake: batches of <= 1,024
+        per_call = 1 if cfg["batching"] == "per_page" else cfg["messages"]
+        limit = cfg["engine"].get("batch_limit") or per_call
+        assert cfg["engine_calls"] == -(-cfg["messages"] // min(per_call, limit)), cfg
+        assert cfg["engine"]["peer"] and f"in {cfg['engine_calls']:,} blocking engine call(s)" in " ".join(c["notes"])
     assert sorted(x.name for x in work.iterdir()) == ["r.json"] and list(tmp.iterdir()) == []
 
 

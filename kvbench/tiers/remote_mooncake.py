@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from typing import Any
 
 from kvbench import distributed
@@ -43,17 +44,31 @@ def version() -> str:
     return ", ".join(found)
 
 
-def local_address() -> str:
-    """This host's address toward the group's master (MASTER_ADDR): the one a peer on
-    another host can reach this rank at; 127.0.0.1 when the master is this host's
-    loopback."""
+def local_address() -> tuple[str, str]:
+    """This rank's address for its Mooncake session, and how it was chosen:
+    ``KVBENCH_MOONCAKE_HOST`` when set; else the IPv4 address of the interface gloo was
+    told to use (``GLOO_SOCKET_IFNAME``); else the one this host routes to the group's
+    master (MASTER_ADDR) by, which a peer on another host can reach. TierUnavailable
+    when none can be found (never a silent loopback address for a group across hosts)."""
+    if os.environ.get("KVBENCH_MOONCAKE_HOST"):
+        return os.environ["KVBENCH_MOONCAKE_HOST"], "KVBENCH_MOONCAKE_HOST"
+    ifname = os.environ.get("GLOO_SOCKET_IFNAME")
+    if ifname:
+        import psutil
+
+        found = [a.address for a in psutil.net_if_addrs().get(ifname, []) if a.family == socket.AF_INET]
+        if not found:
+            raise TierUnavailable(f"Mooncake: GLOO_SOCKET_IFNAME={ifname} has no IPv4 address here "
+                                  "(set KVBENCH_MOONCAKE_HOST to the address peers reach this rank at)")
+        return found[0], f"GLOO_SOCKET_IFNAME={ifname}"
     master = os.environ.get("MASTER_ADDR", "127.0.0.1")
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((master, int(os.environ.get("MASTER_PORT", "29500"))))  # no packet is sent
-            return s.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
+            return s.getsockname()[0], f"the route to MASTER_ADDR={master}"
+    except (OSError, ValueError) as exc:
+        raise TierUnavailable(f"Mooncake: no IPv4 route to MASTER_ADDR={master} ({exc}); set "
+                              "KVBENCH_MOONCAKE_HOST to the address peers reach this rank at") from None
 
 
 #: the most descriptors one batch transfer carries: Mooncake's TCP transport refuses a
@@ -71,10 +86,17 @@ class Engine:
             "(a request of more: several, one after another)")
 
     def __init__(self, serving: bool) -> None:
+        self.timeout_from = "MC_TRANSFER_TIMEOUT, set beforehand"
         if "MC_TRANSFER_TIMEOUT" not in os.environ:
             os.environ["MC_TRANSFER_TIMEOUT"] = str(max(5, math.ceil(distributed.timeout_s())))
+            self.timeout_from = "kvbench, from --dist-timeout"
+        try:
+            self.timeout_s = max(5, int(os.environ["MC_TRANSFER_TIMEOUT"]))  # as Mooncake reads it
+        except ValueError:
+            raise TierUnavailable(f"MC_TRANSFER_TIMEOUT={os.environ['MC_TRANSFER_TIMEOUT']!r} is not a whole "
+                                  "number of seconds") from None
         self.protocol = os.environ.get("KVBENCH_MOONCAKE_PROTOCOL", "tcp")
-        self.host = local_address()
+        self.host, self.host_from = local_address()
         try:
             from mooncake.engine import TransferEngine
 
@@ -89,8 +111,9 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         mc = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MC_")}
-        return {"version": version(), "protocol": self.protocol, "session": self.session, "mc_env": mc,
-                "batch_limit": BATCH_LIMIT}
+        return {"version": version(), "protocol": self.protocol, "session": self.session,
+                "session_address_from": self.host_from, "transfer_timeout_s": self.timeout_s,
+                "transfer_timeout_from": self.timeout_from, "mc_env": mc, "batch_limit": BATCH_LIMIT}
 
     # -- memory
     def register(self, tensors: list[Any]) -> list[int]:
@@ -114,6 +137,17 @@ class Engine:
     def load_peer(self, info: bytes) -> str:
         return info.decode()
 
+    def probe(self, peer: str, addr: int) -> None:
+        """Read one byte of the peer's buffer (untimed): the handshake with its session
+        happens here, so an unreachable peer is a TierUnavailable, not a case's time."""
+        scratch = self.te.allocate_managed_buffer(1)
+        try:
+            rc = self.te.transfer_sync_read(peer, scratch, addr, 1)
+        finally:
+            self.te.free_managed_buffer(scratch, 1)
+        if rc != 0:
+            raise TierUnavailable(f"Mooncake could not reach the peer's session {peer} (a one-byte read returned {rc})")
+
     # -- descriptor lists and requests
     def prep(self, peer: Any, descs: list[tuple[int, int]]) -> tuple[Any, list[tuple[int, int]]]:
         return peer, list(descs)
@@ -121,17 +155,32 @@ class Engine:
     def release(self, prepared: Any) -> None:
         pass
 
-    def move(self, op: str, local: Any, local_idx: list[int], remote: Any, remote_idx: list[int]) -> None:
+    def move(self, op: str, local: Any, local_idx: list[int], remote: Any, remote_idx: list[int]) -> int:
         """Batch transfers of at most BATCH_LIMIT descriptors, one after another, each
-        waited for (bounded by MC_TRANSFER_TIMEOUT)."""
+        waited for (each bounded by MC_TRANSFER_TIMEOUT, the request by the group's
+        timeout). Returns the number of batches. TimeoutError when a batch failed after
+        Mooncake's timeout (it returns -1 for a timeout and for an error alike) or the
+        request ran past the group's."""
         (_, mine), (peer, theirs) = local, remote
         here = [mine[i] for i in local_idx]
         there = [theirs[j][0] for j in remote_idx]
         call = self.te.batch_transfer_sync_read if op == "READ" else self.te.batch_transfer_sync_write
+        start = time.monotonic()
+        deadline = start + distributed.timeout_s()
+        batches = 0
         for lo in range(0, len(here), BATCH_LIMIT):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Mooncake's {op} was not done after {distributed.timeout_s():g} s "
+                                   f"({batches} of {-(-len(here) // BATCH_LIMIT)} batches)")
             part = here[lo: lo + BATCH_LIMIT]
+            began = time.monotonic()
             rc = call(peer, [a for a, _ in part], there[lo: lo + BATCH_LIMIT], [n for _, n in part])
-            if rc != 0:
-                raise KvbenchError(f"Mooncake's {op} of descriptors {lo:,}..{lo + len(part):,} of {len(here):,} "
-                                   f"returned {rc} (its log on stderr says why; a timeout returns it too, "
-                                   f"MC_TRANSFER_TIMEOUT={os.environ.get('MC_TRANSFER_TIMEOUT')} s)")
+            batches += 1
+            if rc == 0:
+                continue
+            what = (f"Mooncake's {op} of descriptors {lo:,}..{lo + len(part):,} of {len(here):,} returned {rc} "
+                    f"(its log on stderr says why)")
+            if time.monotonic() - began >= self.timeout_s:
+                raise TimeoutError(f"{what} after its {self.timeout_s} s transfer timeout")
+            raise KvbenchError(what)
+        return batches

@@ -84,6 +84,9 @@ class Engine:
     def load_peer(self, info: bytes) -> Any:
         return self.agent.add_remote_agent(info)
 
+    def probe(self, peer: Any, addr: int) -> None:
+        """Nothing to do: NIXL connects on the first request, which is bounded."""
+
     # -- descriptor lists and requests
     def prep(self, peer: Any, descs: list[tuple[int, int]]) -> Any:
         side = "NIXL_INIT_AGENT" if peer is None else peer
@@ -92,8 +95,9 @@ class Engine:
     def release(self, prepared: Any) -> None:
         self.agent.release_dlist_handle(prepared)
 
-    def move(self, op: str, local: Any, local_idx: list[int], remote: Any, remote_idx: list[int]) -> None:
-        """One request, polled until done within the group's timeout; its handle released."""
+    def move(self, op: str, local: Any, local_idx: list[int], remote: Any, remote_idx: list[int]) -> int:
+        """One request, polled until done within the group's timeout; its handle released.
+        Returns 1 (the request)."""
         try:
             handle = self.agent.make_prepped_xfer(op, local, local_idx, remote, remote_idx, skip_desc_merge=True)
         except Exception as exc:  # noqa: BLE001 - NIXL's own errors
@@ -116,3 +120,4 @@ class Engine:
             failed = failed or exc
         if failed is not None:
             raise failed
+        return 1

@@ -28,9 +28,11 @@ case.
 The engine interface (each engine module's ``Engine`` class): ``name``, ``label``,
 ``hard_exit`` (whether the process must end through os._exit), ``start(serving)``,
 ``register(tensors)`` / ``deregister(reg)``, ``peer_info(reg, first)`` -> bytes,
-``load_peer(info)``, ``prep(peer, descs)`` / ``release(prepared)``, ``move(op, local,
-local_idx, remote, remote_idx)`` (blocks until done or raises: TimeoutError past the
-group's timeout), ``describe()``, ``note``."""
+``load_peer(info)``, ``probe(peer, addr)`` (reach the peer once, untimed, so that an
+unreachable one is a TierUnavailable), ``prep(peer, descs)`` / ``release(prepared)``, ``move(op, local,
+local_idx, remote, remote_idx)`` (blocks until done and returns the number of blocking
+calls it made, or raises: TimeoutError past the group's timeout), ``describe()``,
+``note``."""
 
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def engine(name: str, serving: bool = False) -> Any:
     made = _state["engine"]
     if made is not None:
         if made.name != name:
-            raise KvbenchError(f"this process runs the {made.name} transport; {name} was asked for too")
+            raise TierUnavailable(f"this process runs the {made.name} transport; {name} was asked for too")
         return made
     cls = ENGINES[name]
     _state["hard_exit"] = _state["hard_exit"] or cls.hard_exit  # set before its libraries load
@@ -101,7 +103,7 @@ def exit_process(code: int) -> None:
 
 #: what every one-sided case's figures are, for its notes (the engine adds its own)
 NOTE = ("one-sided READs (fetch) and WRITEs (put) started by this rank, one request per sample (per_page: "
-        "one per page), descriptors never merged; memory is registered and descriptor lists prepared on first "
+        "one per page; config.engine_calls: the blocking engine calls a sample made), descriptors never merged; memory is registered and descriptor lists prepared on first "
         "use and kept for the buffer's life (as vLLM's NIXL connector does: the warm-up pays it); the peer's "
         "part of a coalesced case (gather or scatter through its staging buffer) is a request over "
         "torch.distributed, acknowledged")
@@ -115,17 +117,29 @@ class OneSidedBuffer(RemoteBuffer):
         super().__init__(tier, nbytes, buffer_id)
         self.engine = tier.engine()
         self.peer_handle, self.base, self.staging = peer_handle, base, staging
-        self._local: dict[tuple[int, int], tuple[Any, Any]] = {}  # (ptr, nbytes): (tensor, registration)
+        #: how the engine names the peer (NIXL: its agent; Mooncake: its session address)
+        self.peer_name = peer_handle.decode() if isinstance(peer_handle, bytes) else str(peer_handle)
+        # a local storage's data pointer: (the whole storage as a uint8 tensor, its registration)
+        self._local: dict[int, tuple[Any, Any]] = {}
         self._lists: dict[tuple[Any, ...], Any] = {}
         self.last_descriptors = 0  # of the last request posted
+        self.calls = 0  # blocking engine calls made since the count was last reset (a request: 1, or batches)
 
     # -- descriptor lists, prepared once and kept for the buffer's life
-    def _registered(self, t: Any) -> None:
+    def _registered(self, t: Any) -> int:
+        """Register the whole storage under ``t`` once (an engine may refuse overlapping
+        regions, and views of one tensor overlap); its data pointer, the key of what was
+        prepared on it."""
+        import torch
+
         if not t.is_contiguous() or t.dtype.itemsize != 1:
             raise KvbenchError(f"{self.engine.label} moves contiguous uint8 tensors here; got a strided or wider one")
-        key = (t.data_ptr(), t.numel())
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
         if key not in self._local:
-            self._local[key] = (t, self.engine.register([t]))
+            whole = torch.empty(0, dtype=torch.uint8).set_(storage)
+            self._local[key] = (whole, self.engine.register([whole]))
+        return key
 
     def _list(self, key: tuple[Any, ...], descs: list[tuple[int, int]]) -> Any:
         """A prepared descriptor list, made once per ``key``: ``("local", ptr, ...)`` on
@@ -136,9 +150,8 @@ class OneSidedBuffer(RemoteBuffer):
 
     def _rows(self, t: Any, n: int, width: int) -> Any:
         """The local side: ``t``'s first ``n`` rows of ``width`` bytes (registered)."""
-        self._registered(t)
-        ptr = t.data_ptr()
-        return self._list(("local", ptr, "rows", n, width), [(ptr + i * width, width) for i in range(n)])
+        home, ptr = self._registered(t), t.data_ptr()
+        return self._list(("local", home, "rows", ptr, n, width), [(ptr + i * width, width) for i in range(n)])
 
     def _pool_rows(self, stride: int, width: int) -> Any:
         rows = self.nbytes // stride
@@ -151,7 +164,7 @@ class OneSidedBuffer(RemoteBuffer):
         (a dead peer then fails the next request over torch.distributed)."""
         self.last_descriptors = len(local_ids)
         try:
-            self.engine.move(op, local, list(local_ids), remote, list(remote_ids))
+            self.calls += self.engine.move(op, local, list(local_ids), remote, list(remote_ids))
         except Exception as exc:  # noqa: BLE001 - the engines' own errors
             why = (f"rank {distributed.rank()}: {self.engine.label} {what} from rank {self.peer} failed: "
                    f"{distributed.short_error(exc)}")
@@ -163,13 +176,12 @@ class OneSidedBuffer(RemoteBuffer):
     def _contiguous(self, op: str, remote_at: int, t: Any, message_bytes: int, what: str) -> None:
         """``t`` (contiguous, registered) against the peer's bytes at ``remote_at``, as
         descriptors of ``message_bytes`` (0: one) in one request."""
-        self._registered(t)
+        home, ptr = self._registered(t), t.data_ptr()
         spans, lo = [], 0
         for p in message_parts(t.view(-1), message_bytes):
             spans.append((lo, p.numel()))
             lo += p.numel()
-        ptr = t.data_ptr()
-        local = self._list(("local", ptr, "span", t.numel(), message_bytes), [(ptr + a, b) for a, b in spans])
+        local = self._list(("local", home, "span", ptr, t.numel(), message_bytes), [(ptr + a, b) for a, b in spans])
         remote = self._list(("remote", "span", remote_at, t.numel(), message_bytes),
                             [(remote_at + a, b) for a, b in spans])
         self._move(op, local, range(len(spans)), remote, range(len(spans)), what)
@@ -238,11 +250,11 @@ class OneSidedBuffer(RemoteBuffer):
 
     def _forget_local(self, t: Any) -> None:
         """Release what a one-off tensor (the store's reads and writes) had prepared."""
-        ptr = t.data_ptr()
-        for key in [k for k in self._lists if k[0] == "local" and k[1] == ptr]:
+        home = t.untyped_storage().data_ptr()
+        for key in [k for k in self._lists if k[0] == "local" and k[1] == home]:
             self.engine.release(self._lists.pop(key))
-        for key in [k for k in self._local if k[0] == ptr]:
-            self.engine.deregister(self._local.pop(key)[1])
+        if home in self._local:
+            self.engine.deregister(self._local.pop(home)[1])
 
     def close(self) -> None:
         if self._open:
@@ -304,6 +316,7 @@ class OneSidedTier(RemoteTier):
         wait_all(lambda: [dist.irecv(where, self.peer)], self.peer, what)
         try:
             peer_handle = made.load_peer(body.numpy().tobytes())
+            made.probe(peer_handle, int(where[0]))
         except Exception as exc:  # noqa: BLE001 - the engines' own errors
             plain.close()
             raise TierUnavailable(f"{made.label} could not reach rank {self.peer}'s buffer: "

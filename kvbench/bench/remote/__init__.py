@@ -185,8 +185,11 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
         res = interleave(arms, ratios, budget_s=budget_s(ctx), min_pairs=min_pairs_for(ctx.samples),
                          warmup=ctx.warmup)
         res.release()
+        if getattr(pool.buffer, "calls", None) is not None:  # a one-sided engine: count one paged move's calls
+            pool.buffer.calls = 0
         if fetch:
             pool.buffer.fetch_rows(ids, pool.stride, spec.page_bytes, local, batching, ceiling["chunk"])
+            _engine_calls(pool.buffer, ceiling)
             if end:
                 end.paged(local)()
             ok = torch.equal(end.pages() if end else local, data[ids])
@@ -194,6 +197,7 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
             if end:
                 end.paged(local)()
             pool.buffer.put_rows(ids, pool.stride, spec.page_bytes, local, batching, ceiling["chunk"])
+            _engine_calls(pool.buffer, ceiling)
             ok = torch.equal(pool.read_pages(ids, method="coalesced"), data)
         if not ok:
             raise AssertionError(f"pages differ after {direction} ({batching})")
@@ -202,6 +206,13 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
             end.close()
         pool.close()
     return res, n, ceiling
+
+
+def _engine_calls(buf: Any, ceiling: dict[str, Any]) -> None:
+    """A one-sided engine's blocking calls in the paged move just made, and how it names
+    the peer (recorded with the case)."""
+    if getattr(buf, "calls", None) is not None:
+        ceiling["engine_calls"], ceiling["engine_peer"] = buf.calls, buf.peer_name
 
 
 def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: int, batching: str,
@@ -225,7 +236,8 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
 
         cfg["path"] = PATH
     if cfg["transport"] != "torch":
-        cfg["engine"] = _engine().describe()
+        cfg["engine"] = {**_engine().describe(), "peer": ceiling.get("engine_peer")}
+        cfg["engine_calls"] = ceiling.get("engine_calls")
     secs, ceil = res.arms["paged"].seconds, res.arms["ceiling"].seconds
     extra = [(a - b) / n * 1e6 for a, b in zip(secs, ceil)]
     notes = [ceiling["note"], _messages_note(cfg)]
@@ -266,7 +278,8 @@ def _messages_note(cfg: dict[str, Any]) -> str:
         return (f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
                 + (" and the peer's acknowledgement" if put else ""))
     staged = batching == "coalesced" and msgs < cfg["pages"]
-    return (f"{msgs:,} {_engine().label} descriptors per sample ({batching})"
+    return (f"{msgs:,} {_engine().label} descriptors per sample ({batching}) in {cfg['engine_calls']:,} blocking "
+            "engine call(s), one after another"
             + (", plus the peer's gather or scatter request, its page list and acknowledgement" if staged else ""))
 
 

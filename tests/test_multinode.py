@@ -10,6 +10,7 @@ saying so (KVBENCH_REQUIRE_NETNS=1, as .ci/run sets, makes that a failure)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -47,8 +48,8 @@ if WHY and os.environ.get("KVBENCH_REQUIRE_NETNS") == "1":
 pytestmark = pytest.mark.skipif(bool(WHY), reason=WHY or "")
 
 
-@pytest.fixture
-def two_hosts():
+@contextlib.contextmanager
+def namespace_hosts():
     """(namespace, hostname, veth, address) of each "node"; everything removed after."""
     nodes = [(f"{TAG}{x}", f"node-{x}", f"{TAG}v{x}", f"{NET}.{i + 1}") for i, x in enumerate("ab")]
     try:
@@ -69,6 +70,12 @@ def two_hosts():
         for ns, *_ in nodes:
             _run("ip", "netns", "del", ns)  # takes its end of the veth pair with it
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
+
+@pytest.fixture
+def two_hosts():
+    with namespace_hosts() as nodes:
+        yield nodes
 
 
 def _on_both_hosts(two_hosts, tmp_path: Path, *kvbench_args: str) -> dict:

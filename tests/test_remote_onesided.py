@@ -2,7 +2,8 @@
 remote.transport=nixl`` or ``mooncake``), over 2 ranks on this machine: bit-exact round
 trips through the paged store for every batching, a short `kvbench run --bench remote
 --ranks 2` with its paired ceilings and what it records of the engine, a rank killed
-mid-run ending the run within the timeout, and (NIXL) an engine that cannot start.
+mid-run ending the run within the timeout, a run across two hosts (network namespaces:
+test_multinode), and (NIXL) an engine that cannot start.
 
 Needs the engine's Python package (pip install nixl; pip install
 mooncake-transfer-engine-non-cuda); where one is missing its tests skip saying so
@@ -17,6 +18,8 @@ import os
 import pytest
 import torch
 
+from test_multinode import WHY as NO_TWO_HOSTS
+from test_multinode import _on_both_hosts, namespace_hosts
 from test_remote import SMALL, _isolated, _kvbench, kill_rank_1_mid_run
 
 #: transport: (its module, the label its cases carry, the pip package)
@@ -176,3 +179,22 @@ def test_an_engine_that_cannot_start_skips_with_the_reason_and_exits_cleanly(tra
     why = doc["cases"][0]["reason"]
     assert why.startswith("NIXL could not start an agent with its UCX backend") and "UCX_TLS" in why, why
     assert sorted(x.name for x in work.iterdir()) == ["r.json"] and list(tmp.iterdir()) == []
+
+
+@pytest.mark.skipif(bool(NO_TWO_HOSTS), reason=NO_TWO_HOSTS or "")
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_run_across_two_hosts(transport, tmp_path):
+    with namespace_hosts() as two_hosts:
+        doc = _on_both_hosts(two_hosts, tmp_path, "--bench", "remote", "--set", "remote.bytes=4MiB",
+                             "--set", "remote.budget_s=0.3", "--cases", "^remote->dram/",
+                             "--set", f"remote.transport={transport}")
+    assert not doc["environment"]["distributed"]["loopback"]
+    addresses = {addr for *_, addr in two_hosts}
+    for c in doc["cases"]:
+        assert c["status"] == "ok", c["reason"]
+        engine = c["config"]["engine"]
+        if transport == "mooncake":  # each session on its host's veth address, from GLOO_SOCKET_IFNAME
+            assert engine["session_address_from"].startswith("GLOO_SOCKET_IFNAME=")
+            assert {engine["session"].split(":")[0], engine["peer"].split(":")[0]} == addresses
+        else:  # UCX may still pick shared memory between namespaces of one kernel: the note says it may
+            assert any("shared memory" in n for n in c["notes"])

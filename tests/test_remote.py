@@ -48,6 +48,22 @@ def _rank_main(rank: int, port: int, nvme_dir: str) -> None:
         distributed.close_group()
 
 
+def round_trip(here, remote, n: int, rng, what) -> tuple:
+    """n random pages written into ``here`` (a pool of 2n), moved into random pages of
+    ``remote`` and back into the rest of ``here`` through the store, checked bit-exact;
+    (the pages' bytes, their ids in ``remote``)."""
+    from kvbench.store import move_pages
+
+    data = torch.randint(0, 256, (n, here.page_bytes), dtype=torch.uint8)
+    home, away = rng.sample(range(2 * n), n), rng.sample(range(2 * n), n)
+    here.write_pages(home, data)
+    move_pages(here, home, remote, away)
+    back = [p for p in range(2 * n) if p not in home]
+    move_pages(remote, away, here, back)
+    assert torch.equal(here.read_pages(back), data), what
+    return data, away
+
+
 def _round_trips(nvme_dir: str) -> None:
     import random
 
@@ -66,13 +82,7 @@ def _round_trips(nvme_dir: str) -> None:
             n = 10
             remote, here = PagePool(tier, spec, 2 * n), PagePool(DramTier(pinned=False), spec, 2 * n)
             assert remote.tensor is None and remote.through_buffer
-            data = torch.randint(0, 256, (n, spec.page_bytes), dtype=torch.uint8)
-            home, away = rng.sample(range(2 * n), n), rng.sample(range(2 * n), n)
-            here.write_pages(home, data)
-            move_pages(here, home, remote, away)
-            back = [p for p in range(2 * n) if p not in home]
-            move_pages(remote, away, here, back)
-            assert torch.equal(here.read_pages(back), data), (fmt, layout, batching)
+            round_trip(here, remote, n, rng, (fmt, layout, batching))
             with pytest.raises(KvbenchError, match="no tensor view"):
                 remote.payload()
             remote.close(), here.close()

@@ -20,7 +20,7 @@ import torch
 
 from test_multinode import WHY as NO_TWO_HOSTS
 from test_multinode import _on_both_hosts, namespace_hosts
-from test_remote import SMALL, _isolated, _kvbench, kill_rank_1_mid_run
+from test_remote import SMALL, _isolated, _kvbench, kill_rank_1_mid_run, round_trip
 
 #: transport: (its module, the label its cases carry, the pip package)
 ENGINES = {"nixl": ("nixl._api", "NIXL UCX", "nixl"),
@@ -68,7 +68,7 @@ def _round_trips(transport: str) -> None:
     import random
 
     from kvbench.spec import PageSpec, get_format, load_model
-    from kvbench.store import PagePool, move_pages
+    from kvbench.store import PagePool
     from kvbench.tiers import DramTier
     from kvbench.tiers.remote import messages
     from kvbench.tiers.remote_onesided import OneSidedBuffer, OneSidedTier
@@ -82,13 +82,7 @@ def _round_trips(transport: str) -> None:
             n = 10
             remote, here = PagePool(tier, spec, 2 * n), PagePool(DramTier(pinned=False), spec, 2 * n)
             assert isinstance(remote.buffer, OneSidedBuffer)
-            data = torch.randint(0, 256, (n, spec.page_bytes), dtype=torch.uint8)
-            home, away = rng.sample(range(2 * n), n), rng.sample(range(2 * n), n)
-            here.write_pages(home, data)
-            move_pages(here, home, remote, away)
-            back = [p for p in range(2 * n) if p not in home]
-            move_pages(remote, away, here, back)
-            assert torch.equal(here.read_pages(back), data), (fmt, layout, batching)
+            data, away = round_trip(here, remote, n, rng, (fmt, layout, batching))
             assert remote.buffer._local == {}  # the store's one-off tensors were let go
             # the bench's own path: rows kept registered, the ceiling's contiguous bytes
             rows = torch.empty((n, spec.page_bytes), dtype=torch.uint8)

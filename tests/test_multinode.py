@@ -61,7 +61,8 @@ def namespace_hosts():
         (_, _, va, _), (_, _, vb, _) = nodes
         assert _run("ip", "link", "add", va, "type", "veth", "peer", "name", vb).returncode == 0
         for ns, _, veth, addr in nodes:
-            for cmd in (["ip", "link", "set", veth, "netns", ns], ["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", veth],
+            for cmd in (["ip", "link", "set", veth, "netns", ns],
+                        ["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", veth],
                         ["ip", "-n", ns, "link", "set", "lo", "up"], ["ip", "-n", ns, "link", "set", veth, "up"]):
                 done = _run(*cmd)
                 assert done.returncode == 0, (cmd, done.stderr)

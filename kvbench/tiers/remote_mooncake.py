@@ -103,7 +103,8 @@ class Engine:
             self.te = TransferEngine()
             rc = self.te.initialize(self.host, "P2PHANDSHAKE", self.protocol, "")
         except Exception as exc:  # noqa: BLE001 - an ImportError (libcuda.so.1) or the engine's own
-            raise TierUnavailable(f"Mooncake's transfer engine could not start: {distributed.short_error(exc)}") from None
+            why = distributed.short_error(exc)
+            raise TierUnavailable(f"Mooncake's transfer engine could not start: {why}") from None
         if rc != 0:
             raise TierUnavailable(f"Mooncake's transfer engine could not start on {self.host} over "
                                   f"{self.protocol} (initialize returned {rc})")

@@ -58,8 +58,9 @@ class Engine:
             self.agent = nixl_agent(f"kvbench-rank{distributed.rank()}-pid{os.getpid()}",
                                     nixl_agent_config(enable_prog_thread=serving, backends=[BACKEND]))
         except Exception as exc:  # noqa: BLE001 - NIXL raises its own errors and RuntimeErrors
-            raise TierUnavailable(f"NIXL could not start an agent with its {BACKEND} backend: "
-                                  f"{distributed.short_error(exc)} (UCX settings: {self.describe()['ucx_env']})") from None
+            why, ucx = distributed.short_error(exc), self.describe()["ucx_env"]
+            raise TierUnavailable(f"NIXL could not start an agent with its {BACKEND} backend: {why} "
+                                  f"(UCX settings: {ucx})") from None
         if BACKEND not in self.agent.backends:
             raise TierUnavailable(f"NIXL started without its {BACKEND} backend (plugins here: "
                                   f"{', '.join(self.agent.plugin_list) or 'none'})")

@@ -1,8 +1,8 @@
 """Remote benchmark: KV pages fetched from and put to a peer rank's host memory (the
 ``remote`` tier, torch.distributed over gloo; with ``--set remote.transport=nixl`` or
-``mooncake``, the engine's one-sided READs and WRITEs: kvbench.tiers.remote_onesided), each case sampled alternately
-with a contiguous transfer of the same bytes between the same ranks over the same
-transport: its ceiling.
+``mooncake``, the engine's one-sided READs and WRITEs: kvbench.tiers.remote_onesided),
+each case sampled alternately with a contiguous transfer of the same bytes between the
+same ranks over the same transport: its ceiling.
 
 Runs on rank 0 of a multi-rank launch (``kvbench run --bench remote --ranks 2``, or
 torchrun) while the other ranks serve the pages. Cases (``kind`` in each config):

@@ -140,7 +140,8 @@ class Engine:
 
     def probe(self, peer: str, addr: int) -> None:
         """Read one byte of the peer's buffer (untimed): the handshake with its session
-        happens here, so an unreachable peer is a TierUnavailable, not a case's time."""
+        happens here, so an unreachable peer fails the case at once (TierUnavailable),
+        before any sample."""
         scratch = self.te.allocate_managed_buffer(1)
         try:
             rc = self.te.transfer_sync_read(peer, scratch, addr, 1)

@@ -155,6 +155,7 @@ class RemoteBuffer(TierBuffer):
         self.tier, self.nbytes, self.buffer_id = tier, nbytes, buffer_id
         self.peer = tier.peer
         self._open = True
+        self.calls = 0  # counted by the one-sided engines' buffers only (kvbench.tiers.remote_onesided)
 
     def _request(self, op: int, *fields: int) -> None:
         if not self._open:
@@ -275,6 +276,8 @@ class RemoteTier(Tier):
     name = "remote"
     host_memory = True  # the peer's: it holds the pages in its host memory
     remote = True
+    #: what a loopback figure over this transport measures, for a case's notes
+    stack = "gloo/TCP stack"
 
     def __init__(self, peer: int = 1, batching: str = "coalesced", chunk_bytes: int = CHUNK_BYTES,
                  transport: str = "torch") -> None:
@@ -283,6 +286,17 @@ class RemoteTier(Tier):
         if transport not in TRANSPORTS:
             raise KvbenchError(f"unknown transport {transport!r}; known: {', '.join(TRANSPORTS)}")
         self.peer, self.batching, self.chunk_bytes, self.transport = peer, batching, chunk_bytes, transport
+
+    def case_config(self, buf: RemoteBuffer) -> dict[str, Any]:
+        """What a case records of the transport beyond its name, from ``buf`` just after
+        one paged move (torch.distributed: nothing more)."""
+        return {}
+
+    def case_notes(self, cfg: dict[str, Any]) -> list[str]:
+        """What crossed per sample besides the payload, for a case's notes."""
+        put = cfg["dst"] == "remote"
+        return [f"{cfg['messages']:,} data messages per sample ({cfg['batching']}), plus the request and its "
+                "page list" + (" and the peer's acknowledgement" if put else "")]
 
     def batching_for(self, method: str) -> str:
         return method if method in BATCHING else self.batching

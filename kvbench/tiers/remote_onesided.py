@@ -77,11 +77,6 @@ def engine(name: str, serving: bool = False) -> Any:
     return made
 
 
-def current_engine() -> Any:
-    """The engine this process started (None before any)."""
-    return _state["engine"]
-
-
 def exit_process(code: int) -> None:
     """End the process with ``code`` through ``os._exit``, after Python's exit handlers
     and a flush of the streams, when an engine that needs it was loaded (NIXL's wheel
@@ -278,6 +273,25 @@ class OneSidedTier(RemoteTier):
 
     def engine(self) -> Any:
         return engine(self.transport)
+
+    @property
+    def stack(self) -> str:
+        return f"{ENGINES[self.transport].label} stack"
+
+    def case_config(self, buf: RemoteBuffer) -> dict[str, Any]:
+        """The engine's description and the peer's name, and the blocking engine calls
+        the paged move just made took (``buf.calls``, reset before it)."""
+        return {"engine": {**self.engine().describe(), "peer": getattr(buf, "peer_name", None)},
+                "engine_calls": buf.calls}
+
+    def case_notes(self, cfg: dict[str, Any]) -> list[str]:
+        made = self.engine()
+        staged = cfg["batching"] == "coalesced" and cfg["messages"] < cfg["pages"]
+        crossed = (f"{cfg['messages']:,} {made.label} descriptors per sample ({cfg['batching']}) in "
+                   f"{cfg['engine_calls']:,} blocking engine call(s), one after another"
+                   + (", plus the peer's gather or scatter request, its page list and acknowledgement"
+                      if staged else ""))
+        return [crossed, f"{made.note}: {NOTE}"]
 
     @property
     def label(self) -> str:

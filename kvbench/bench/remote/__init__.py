@@ -185,11 +185,10 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
         res = interleave(arms, ratios, budget_s=budget_s(ctx), min_pairs=min_pairs_for(ctx.samples),
                          warmup=ctx.warmup)
         res.release()
-        if getattr(pool.buffer, "calls", None) is not None:  # a one-sided engine: count one paged move's calls
-            pool.buffer.calls = 0
+        pool.buffer.calls = 0  # what the tier records of one paged move (a one-sided engine: its calls)
         if fetch:
             pool.buffer.fetch_rows(ids, pool.stride, spec.page_bytes, local, batching, ceiling["chunk"])
-            _engine_calls(pool.buffer, ceiling)
+            ceiling["tier"], ceiling["record"] = pool.tier, pool.tier.case_config(pool.buffer)
             if end:
                 end.paged(local)()
             ok = torch.equal(end.pages() if end else local, data[ids])
@@ -197,7 +196,7 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
             if end:
                 end.paged(local)()
             pool.buffer.put_rows(ids, pool.stride, spec.page_bytes, local, batching, ceiling["chunk"])
-            _engine_calls(pool.buffer, ceiling)
+            ceiling["tier"], ceiling["record"] = pool.tier, pool.tier.case_config(pool.buffer)
             ok = torch.equal(pool.read_pages(ids, method="coalesced"), data)
         if not ok:
             raise AssertionError(f"pages differ after {direction} ({batching})")
@@ -206,13 +205,6 @@ def _sample(ctx: RunContext, direction: str, spec: PageSpec, batching: str) -> t
             end.close()
         pool.close()
     return res, n, ceiling
-
-
-def _engine_calls(buf: Any, ceiling: dict[str, Any]) -> None:
-    """A one-sided engine's blocking calls in the paged move just made, and how it names
-    the peer (recorded with the case)."""
-    if getattr(buf, "calls", None) is not None:
-        ceiling["engine_calls"], ceiling["engine_peer"] = buf.calls, buf.peer_name
 
 
 def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: int, batching: str,
@@ -235,21 +227,16 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
         from kvbench.bench.remote.hbm import PATH
 
         cfg["path"] = PATH
-    if cfg["transport"] != "torch":
-        cfg["engine"] = {**_engine().describe(), "peer": ceiling.get("engine_peer")}
-        cfg["engine_calls"] = ceiling.get("engine_calls")
+    cfg.update(ceiling["record"])
     secs, ceil = res.arms["paged"].seconds, res.arms["ceiling"].seconds
     extra = [(a - b) / n * 1e6 for a, b in zip(secs, ceil)]
-    notes = [ceiling["note"], _messages_note(cfg)]
+    tier = ceiling["tier"]
+    notes = [ceiling["note"], *tier.case_notes(cfg)]
     if _device_end(direction):
         notes.append(f"through this rank's pinned host memory: {cfg['path']}; both steps in every sample, "
                      "one after the other")
-    if cfg["transport"] != "torch":
-        from kvbench.tiers.remote_onesided import NOTE
-
-        notes.append(f"{_engine().note}: {NOTE}")
     if link.get("loopback"):
-        notes.append(f"loopback: every rank on one host; this measures the {_stack(cfg)} and memory copies, not a NIC")
+        notes.append(f"loopback: every rank on one host; this measures the {tier.stack} and memory copies, not a NIC")
     samples = {"gbps": gbps(n * spec.page_bytes, secs), "seconds": secs, "ceiling_gbps": gbps(n * spec.page_bytes, ceil)}
     units = {"gbps": "GB/s", "seconds": "s", "ceiling_gbps": "GB/s (the same bytes contiguous)"}
     if "one_message" in res.arms:
@@ -269,29 +256,6 @@ def paged_case(ctx: RunContext, direction: str, fmt: str, layout: str, tokens: i
                                             "message's)")
     _nic(case, link)
     return check_limits(ctx, case, direction)
-
-
-def _messages_note(cfg: dict[str, Any]) -> str:
-    """What crossed per sample besides the payload's messages."""
-    msgs, batching, put = cfg["messages"], cfg["batching"], cfg["dst"] == "remote"
-    if cfg["transport"] == "torch":
-        return (f"{msgs:,} data messages per sample ({batching}), plus the request and its page list"
-                + (" and the peer's acknowledgement" if put else ""))
-    staged = batching == "coalesced" and msgs < cfg["pages"]
-    return (f"{msgs:,} {_engine().label} descriptors per sample ({batching}) in {cfg['engine_calls']:,} blocking "
-            "engine call(s), one after another"
-            + (", plus the peer's gather or scatter request, its page list and acknowledgement" if staged else ""))
-
-
-def _stack(cfg: dict[str, Any]) -> str:
-    return "gloo/TCP stack" if cfg["transport"] == "torch" else f"{_engine().label} stack"
-
-
-def _engine() -> Any:
-    """The one-sided engine this process runs (a case over NIXL or Mooncake)."""
-    from kvbench.tiers.remote_onesided import current_engine
-
-    return current_engine()
 
 
 def _nic(case: dict[str, Any], link: dict[str, Any]) -> None:

@@ -99,9 +99,9 @@ def exit_process(code: int) -> None:
 #: what every one-sided case's figures are, for its notes (the engine adds its own)
 NOTE = ("one-sided READs (fetch) and WRITEs (put) started by this rank, one request per sample (per_page: "
         "one per page; config.engine_calls: the blocking engine calls a sample made), descriptors never "
-        "merged; memory is registered and descriptor lists prepared on first use and kept for the buffer's life (as vLLM's NIXL connector does: the warm-up pays it); the peer's "
-        "part of a coalesced case (gather or scatter through its staging buffer) is a request over "
-        "torch.distributed, acknowledged")
+        "merged; memory is registered and descriptor lists prepared on first use and kept for the buffer's "
+        "life (as vLLM's NIXL connector does: the warm-up pays it); the peer's part of a coalesced case "
+        "(gather or scatter through its staging buffer) is a request over torch.distributed, acknowledged")
 
 
 class OneSidedBuffer(RemoteBuffer):

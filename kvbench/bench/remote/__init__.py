@@ -357,8 +357,8 @@ def highlights(doc: dict[str, Any]) -> Highlights | None:
 
 BENCH = Benchmark(
     key=BENCH_KEY,
-    description="paged KV fetched from and put to a peer rank (torch.distributed over gloo, NIXL or Mooncake) against "
-                "a same-run contiguous transfer",
+    description="paged KV fetched from and put to a peer rank (torch.distributed over gloo, NIXL or "
+                "Mooncake) against a same-run contiguous transfer",
     plan=plan,
     available=available,
     headline="gbps",
